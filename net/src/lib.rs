@@ -13,7 +13,17 @@
 //! It builds and tests without /dev/kvm.
 
 pub mod config;
+pub mod dhcp;
+pub mod dns;
 pub mod error;
+pub mod gateway;
+pub mod nat;
+pub mod network;
+pub mod pcap;
+pub mod port;
+pub mod switch;
+pub mod wire;
 
 pub use config::{MacAddr, NetworkConfig};
 pub use error::{Error, Result};
+pub use network::{Attachments, Network};

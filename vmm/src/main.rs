@@ -1,1 +1,19 @@
-fn main() {}
+//! `skiff`: the command-line entry point.
+//!
+//! `skiff net serve` runs a NAT network (libvirt's default network, in user space) that QEMU
+//! stream clients and TAP devices attach to.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::init_logging();
+    match cli::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Command-line parsing and dispatch. Every flag's value is checked before anything is
+//! opened; errors name the flag.
+
+mod net;
+
+use clap::{Parser, Subcommand};
+
+/// skiff: a minimal KVM hypervisor whose guests get NAT networking with no setup.
+#[derive(Parser, Debug)]
+#[command(name = "skiff", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Networks: run one, as libvirt's default network does for its guests.
+    #[command(subcommand)]
+    Net(net::NetCommand),
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default: info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Net(c) => net::run(c),
+    }
+}
