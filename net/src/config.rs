@@ -118,7 +118,9 @@ impl FromStr for Ipv4Subnet {
         let (a, p) = s
             .split_once('/')
             .ok_or_else(|| format!("'{s}' is not a CIDR subnet (A.B.C.D/N)"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| format!("'{a}' is not an IPv4 address"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IPv4 address"))?;
         let prefix: u8 = p
             .parse()
             .map_err(|_| format!("'{p}' is not a prefix length"))?;
@@ -376,11 +378,7 @@ impl NetworkConfig {
             if !s.contains(ip) || ip == s.network() || ip == s.broadcast() {
                 return Err(Error::config(
                     "--dhcp-range",
-                    format!(
-                        "{ip} is not a host address of {}/{}",
-                        s.network(),
-                        s.prefix
-                    ),
+                    format!("{ip} is not a host address of {}/{}", s.network(), s.prefix),
                 ));
             }
         }
@@ -403,9 +401,8 @@ impl NetworkConfig {
             ));
         }
         if let Some(d) = &self.domain {
-            let ok = !d.is_empty()
-                && d.len() <= 200
-                && d.split('.').all(|l| check_hostname(l).is_ok());
+            let ok =
+                !d.is_empty() && d.len() <= 200 && d.split('.').all(|l| check_hostname(l).is_ok());
             if !ok {
                 return Err(Error::config(
                     "--domain",
@@ -450,7 +447,10 @@ impl NetworkConfig {
             return Err(Error::config("--max-flows", "must be 1..=1048576"));
         }
         if self.lease_time < Duration::from_secs(120) {
-            return Err(Error::config("--lease-time", "must be at least 120 seconds"));
+            return Err(Error::config(
+                "--lease-time",
+                "must be at least 120 seconds",
+            ));
         }
         Ok(())
     }
@@ -511,7 +511,10 @@ mod tests {
     #[test]
     fn validate_names_the_flag() {
         let mut c = NetworkConfig {
-            dhcp_range: (Ipv4Addr::new(192, 168, 122, 1), Ipv4Addr::new(192, 168, 122, 9)),
+            dhcp_range: (
+                Ipv4Addr::new(192, 168, 122, 1),
+                Ipv4Addr::new(192, 168, 122, 9),
+            ),
             ..Default::default()
         };
         let e = c.validate().unwrap_err().to_string();
@@ -526,7 +529,11 @@ mod tests {
             forwards: vec!["tcp:80:10.0.0.2:80".parse().unwrap()],
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().to_string().starts_with("--forward"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("--forward"));
         assert!("10.0.0.0/31".parse::<Ipv4Subnet>().is_err());
         assert_eq!(
             parse_dns_upstream("127.0.0.1").unwrap(),

@@ -87,7 +87,12 @@ pub fn parse_arp(payload: &[u8]) -> Option<ArpInfo> {
 
 /// Writes the gateway's reply to an ARP request for `gateway` into `out`; returns its length,
 /// or `None` when the packet is not such a request.
-pub fn arp_reply(arp: &ArpInfo, gateway: Ipv4Addr, gw_mac: MacAddr, out: &mut [u8]) -> Option<usize> {
+pub fn arp_reply(
+    arp: &ArpInfo,
+    gateway: Ipv4Addr,
+    gw_mac: MacAddr,
+    out: &mut [u8],
+) -> Option<usize> {
     if arp.op != arp_op::REQUEST || arp.tpa != gateway || arp.sha.is_multicast() {
         return None;
     }
@@ -129,7 +134,14 @@ pub fn echo_reply(
     }
     out[L4_OFF..L4_OFF + msg.len()].copy_from_slice(msg);
     out[L4_OFF] = 0;
-    Some(wire::write_icmp_frame(out, src_mac, gw_mac, gateway, src, msg.len()))
+    Some(wire::write_icmp_frame(
+        out,
+        src_mac,
+        gw_mac,
+        gateway,
+        src,
+        msg.len(),
+    ))
 }
 
 #[cfg(test)]
@@ -155,7 +167,10 @@ mod tests {
         let reply = parse_arp(&out[14..n]).unwrap();
         assert_eq!(reply.op, arp_op::REPLY);
         assert_eq!(reply.sha, GW_MAC);
-        let other = ArpInfo { tpa: Ipv4Addr::new(192, 168, 122, 9), ..arp };
+        let other = ArpInfo {
+            tpa: Ipv4Addr::new(192, 168, 122, 9),
+            ..arp
+        };
         assert_eq!(arp_reply(&other, GW, GW_MAC, &mut out), None);
         assert_eq!(parse_arp(&[1, 2, 3]), None);
         assert_eq!(parse_arp(&[0u8; 28]), None);
@@ -173,9 +188,14 @@ mod tests {
         };
         assert_eq!(i.type_u8(), 0);
         assert_eq!(i.payload(), b"hi");
-        assert_eq!(i.header().checksum, i.header().icmp_type.calc_checksum(i.payload()));
-        assert!(echo_reply(&msg[..4], g_ip, G, GW, GW_MAC, &mut out).is_none());
-        assert!(echo_reply(&[0u8; 8], g_ip, G, GW, GW_MAC, &mut out).is_none());
+        assert_eq!(
+            i.header().checksum,
+            i.header().icmp_type.calc_checksum(i.payload())
+        );
+        let mut out2 = vec![0u8; 128];
+        assert!(echo_reply(&msg[..4], g_ip, G, GW, GW_MAC, &mut out2).is_none());
+        assert!(echo_reply(&[0u8; 8], g_ip, G, GW, GW_MAC, &mut out2).is_none());
+        assert!(echo_reply(&[8u8; 200], g_ip, G, GW, GW_MAC, &mut out2).is_none());
     }
 
     #[test]

@@ -51,7 +51,10 @@ impl Capture {
             endianness: Endianness::native(),
             ..Default::default()
         };
-        let file = Shared(Rc::new(RefCell::new(BufWriter::with_capacity(1 << 16, file))));
+        let file = Shared(Rc::new(RefCell::new(BufWriter::with_capacity(
+            1 << 16,
+            file,
+        ))));
         let writer = PcapWriter::with_header(file.clone(), header)
             .map_err(|e| Error::io(what(), std::io::Error::other(e.to_string())))?;
         Ok(Capture {

@@ -85,7 +85,13 @@ impl Switch {
 
     /// Decides where a frame with `src` and `dst` that came in on `ingress` goes, learning
     /// `src` on the way. A frame from a group source address is dropped and counted.
-    pub fn ingress(&mut self, ingress: PortId, src: MacAddr, dst: MacAddr, now: Instant) -> Decision {
+    pub fn ingress(
+        &mut self,
+        ingress: PortId,
+        src: MacAddr,
+        dst: MacAddr,
+        now: Instant,
+    ) -> Decision {
         if src.is_multicast() {
             self.stats.bad_source += 1;
             return Decision {
@@ -189,15 +195,33 @@ mod tests {
         let t = Instant::now();
         // Unknown destination floods; broadcast also reaches the gateway.
         let d = s.ingress(0, A, B, t);
-        assert_eq!(d, Decision { egress: Egress::Flood, to_gateway: false });
+        assert_eq!(
+            d,
+            Decision {
+                egress: Egress::Flood,
+                to_gateway: false
+            }
+        );
         let d = s.ingress(0, A, MacAddr::BROADCAST, t);
-        assert_eq!(d, Decision { egress: Egress::Flood, to_gateway: true });
+        assert_eq!(
+            d,
+            Decision {
+                egress: Egress::Flood,
+                to_gateway: true
+            }
+        );
         // B answers from port 1: A is known on port 0 now.
         let d = s.ingress(1, B, A, t);
         assert_eq!(d.egress, Egress::Port(0));
         assert_eq!(s.ingress(0, A, B, t).egress, Egress::Port(1));
         // To the gateway: nothing else.
-        assert_eq!(s.ingress(0, A, GW, t), Decision { egress: Egress::None, to_gateway: true });
+        assert_eq!(
+            s.ingress(0, A, GW, t),
+            Decision {
+                egress: Egress::None,
+                to_gateway: true
+            }
+        );
         // Hairpin: destination on the ingress port goes nowhere.
         assert_eq!(s.ingress(1, A, B, t).egress, Egress::None);
         assert_eq!(s.from_gateway(A, t), Egress::Port(1));
@@ -210,7 +234,10 @@ mod tests {
         let t = Instant::now();
         s.ingress(3, A, GW, t);
         assert_eq!(s.lookup(A, t), Some(3));
-        assert_eq!(s.from_gateway(A, t + Duration::from_secs(11)), Egress::Flood);
+        assert_eq!(
+            s.from_gateway(A, t + Duration::from_secs(11)),
+            Egress::Flood
+        );
         s.ingress(3, A, GW, t);
         s.remove_port(3);
         assert_eq!(s.lookup(A, t), None);
@@ -221,7 +248,13 @@ mod tests {
         let mut s = Switch::new(GW, 2);
         let t = Instant::now();
         let d = s.ingress(0, MacAddr::BROADCAST, A, t);
-        assert_eq!(d, Decision { egress: Egress::None, to_gateway: false });
+        assert_eq!(
+            d,
+            Decision {
+                egress: Egress::None,
+                to_gateway: false
+            }
+        );
         assert_eq!(s.stats().bad_source, 1);
         for i in 0..10u8 {
             s.ingress(0, MacAddr([2, 0, 0, 0, 0, i]), GW, t);

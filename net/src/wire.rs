@@ -298,7 +298,10 @@ mod tests {
         assert_eq!(t.payload(), b"abc");
         assert_eq!(t.sequence_number(), 7);
         assert!(t.syn() && t.ack());
-        assert_eq!(t.calc_checksum_ipv4(src.octets(), dst.octets()).unwrap(), t.checksum());
+        assert_eq!(
+            t.calc_checksum_ipv4(src.octets(), dst.octets()).unwrap(),
+            t.checksum()
+        );
         let ip = etherparse::Ipv4HeaderSlice::from_slice(&buf[IP_OFF..]).unwrap();
         assert_eq!(ip.to_header().calc_header_checksum(), ip.header_checksum());
     }
@@ -316,7 +319,16 @@ mod tests {
         );
         assert_eq!(n, MIN_FRAME);
         assert!(buf[42..60].iter().all(|&b| b == 0));
-        let n = write_udp_frame(&mut buf, B, A, Ipv4Addr::LOCALHOST, 1, Ipv4Addr::LOCALHOST, 2, 0);
+        let n = write_udp_frame(
+            &mut buf,
+            B,
+            A,
+            Ipv4Addr::LOCALHOST,
+            1,
+            Ipv4Addr::LOCALHOST,
+            2,
+            0,
+        );
         assert_eq!(n, MIN_FRAME);
     }
 }

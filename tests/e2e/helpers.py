@@ -119,8 +119,10 @@ def http_server(addr, port, directory):
 
 
 def tcp_echo(addr, port):
+    """Echoes every connection; prints each client's address ("peer IP:PORT")."""
     class H(socketserver.BaseRequestHandler):
         def handle(self):
+            print("peer %s:%d" % self.client_address, flush=True)
             while True:
                 try:
                     d = self.request.recv(65536)

@@ -129,7 +129,8 @@ dhcp() {
   local ns=$1 ifc=$2 hn=${3:-}
   local extra=()
   [ -n "$hn" ] && extra=(-x "hostname:$hn")
-  T=30 in_ns "$ns" busybox udhcpc -i "$ifc" -n -q -f -t 5 -T 2 "${extra[@]}" \
+  [ -f "/etc/netns/$ns/resolv.conf" ] || { log "no /etc/netns/$ns/resolv.conf"; return 1; }
+  T=30 in_ns "$ns" env RESOLV_CONF=/etc/resolv.conf busybox udhcpc -i "$ifc" -n -q -f -t 5 -T 2 "${extra[@]}" \
     -s "$E2E_DIR/udhcpc.script" 2>&1
 }
 

@@ -15,6 +15,8 @@ topology || { log "topology failed"; exit 1; }
 mkdir -p "$WORK/www"
 head -c $((1 << 20)) /dev/urandom >"$WORK/www/1m.bin"
 head -c $((100 << 20)) /dev/urandom >"$WORK/www/100m.bin"
+# busybox wget --post-file sends text (it stops at a NUL byte): upload base64.
+head -c $((75 << 20)) /dev/urandom | base64 >"$WORK/up.txt"
 bg_py "$HOST_NS" dns dns-server 127.0.0.1 5353 www.example.test=$REMOTE_IP || exit 1
 bg_py "$REMOTE_NS" http http-server $REMOTE_IP 8080 "$WORK/www" || exit 1
 bg_py "$REMOTE_NS" tcpecho tcp-echo $REMOTE_IP 7000 || exit 1
@@ -66,8 +68,8 @@ for f in 1m 100m; do
     sha256sum <$WORK/www/$f.bin | cut -d' ' -f1 | cmp -s - $WORK/$f.got"
 done
 check "wget uploads 100 MiB with an identical checksum" bash -c "
-  T=300 in_ns $G1 busybox wget -q -O - --post-file=$WORK/www/100m.bin http://$REMOTE_IP:8080/ >$WORK/up.got
-  sha256sum <$WORK/www/100m.bin | cut -d' ' -f1 | cmp -s - $WORK/up.got"
+  T=300 in_ns $G1 busybox wget -q -O - --post-file=$WORK/up.txt http://$REMOTE_IP:8080/ >$WORK/up.got
+  sha256sum <$WORK/up.txt | cut -d' ' -f1 | cmp -s - $WORK/up.got"
 check "a server that sends 200 KB and closes its side is received whole" \
   py "$G1" read-all $REMOTE_IP 7002 200000
 check "TCP round trips to the remote" py "$G1" tcp-rr $REMOTE_IP 7000 50
@@ -87,7 +89,7 @@ bg_py "$G1" g1srv tcp-echo 0.0.0.0 22 || true
 check "a port forward from the host reaches a server in the guest" \
   bash -c "T=20 in_ns $HOST_NS python3 $E2E_DIR/helpers.py tcp-rr 127.0.0.1 8022 5"
 check "the forwarded connection comes from the gateway" \
-  bash -c "T=10 in_ns $G1 ss -Htn state established '( sport = :22 )' | grep -q '192.168.122.1:'"
+  grep -q "peer 192.168.122.1:" "$WORK/g1srv.out"
 
 # Guests reach each other across the switch.
 check "two guests ping each other" bash -c "T=20 in_ns $G2 busybox ping -c 2 -W 3 $G1_IP >/dev/null"

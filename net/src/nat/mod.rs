@@ -275,8 +275,14 @@ mod tests {
         assert_eq!(t.outbound(Ipv4Addr::new(192, 168, 122, 7)), None);
         assert_eq!(t.outbound(Ipv4Addr::BROADCAST), None);
         assert_eq!(t.outbound(Ipv4Addr::new(224, 0, 0, 1)), None);
-        assert_eq!(t.outbound(Ipv4Addr::new(192, 168, 122, 1)), Some(Ipv4Addr::new(10, 1, 1, 2)));
-        assert_eq!(t.outbound(Ipv4Addr::new(8, 8, 8, 8)), Some(Ipv4Addr::new(8, 8, 8, 8)));
+        assert_eq!(
+            t.outbound(Ipv4Addr::new(192, 168, 122, 1)),
+            Some(Ipv4Addr::new(10, 1, 1, 2))
+        );
+        assert_eq!(
+            t.outbound(Ipv4Addr::new(8, 8, 8, 8)),
+            Some(Ipv4Addr::new(8, 8, 8, 8))
+        );
         assert_eq!(
             t.outbound_tcp("192.168.122.1:53".parse().unwrap()),
             Some("127.0.0.1:5000".parse().unwrap())
@@ -285,7 +291,10 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_sequence_wraps() {
-        assert_eq!(untoken(token(TokenKind::Tcp, 77)), Some((TokenKind::Tcp, 77)));
+        assert_eq!(
+            untoken(token(TokenKind::Tcp, 77)),
+            Some((TokenKind::Tcp, 77))
+        );
         assert_eq!(untoken(0xff00_0000), None);
         assert!(seq_lt(0xffff_fff0, 5));
         assert!(!seq_lt(5, 0xffff_fff0));

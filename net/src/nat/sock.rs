@@ -58,7 +58,12 @@ pub fn socket(ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
 }
 
 /// Sets an integer socket option.
-pub fn setsockopt_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+pub fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: passes a pointer to a live c_int and its size.
     cvt(unsafe {
         libc::setsockopt(
@@ -303,7 +308,10 @@ pub fn accept(fd: RawFd) -> io::Result<Option<(OwnedFd, SocketAddrV4)>> {
         return Err(e);
     }
     // SAFETY: r is a fresh descriptor nobody else owns.
-    Ok(Some((unsafe { OwnedFd::from_raw_fd(r) }, from_sockaddr_in(&sa))))
+    Ok(Some((
+        unsafe { OwnedFd::from_raw_fd(r) },
+        from_sockaddr_in(&sa),
+    )))
 }
 
 /// Raw descriptor of an owned socket.

@@ -169,11 +169,22 @@ impl Flow {
         self.snd_nxt.wrapping_sub(self.snd_una)
     }
 
-
-    /// The window we advertise, bytes: what the host socket can still take.
-    fn rcv_window(&self) -> u32 {
+    /// The window we advertise, bytes: what the host socket can still take. The send
+    /// buffer grows with the kernel's autotuning, so it is read again when it looks full.
+    fn rcv_window(&mut self) -> u32 {
         let outq = sock::outq(self.fd()).unwrap_or(0) as u32;
+        if outq + 2 * u32::from(self.mss) >= self.sndbuf {
+            if let Ok(b) = sock::getsockopt_int(self.fd(), libc::SOL_SOCKET, libc::SO_SNDBUF) {
+                self.sndbuf = b.max(0) as u32;
+            }
+        }
         self.sndbuf.saturating_sub(outq)
+    }
+
+    /// The window field for our next segment.
+    fn adv_window(&mut self) -> u16 {
+        let w = self.rcv_window();
+        self.window_field(w)
     }
 
     fn window_field(&self, wnd: u32) -> u16 {
@@ -471,7 +482,10 @@ impl TcpTable {
                     f.snd_wscale = ws.min(14);
                     f.rcv_wscale = OUR_WSCALE;
                 }
-                f.mss = seg.mss.unwrap_or(536).clamp(64, f.mss.max(seg.mss.unwrap_or(536)));
+                f.mss = seg
+                    .mss
+                    .unwrap_or(536)
+                    .clamp(64, f.mss.max(seg.mss.unwrap_or(536)));
                 f.snd_wnd = u32::from(seg.window) << f.snd_wscale;
                 f.state = State::Established;
                 f.deadline = None;
@@ -547,6 +561,10 @@ impl TcpTable {
                     Err(_) => return Verdict::Reset,
                 }
             }
+            f.needs_ack = true;
+        }
+        if seg.payload.is_empty() && seg.flags & F::FIN == 0 && seq_lt(seg.seq, f.rcv_nxt) {
+            // A zero-window probe or keep-alive: an old sequence number asks for an ACK.
             f.needs_ack = true;
         }
         if seg.flags & F::FIN != 0 {
@@ -693,7 +711,7 @@ impl TcpTable {
                     seq: f.snd_nxt,
                     ack: f.rcv_nxt,
                     flags: F::FIN | F::ACK,
-                    window: f.window_field(f.rcv_window()),
+                    window: f.adv_window(),
                     ..Default::default()
                 };
                 let n = wire::write_tcp_frame(
@@ -719,7 +737,7 @@ impl TcpTable {
                 }
                 return;
             }
-            let window = f.window_field(f.rcv_window());
+            let window = f.adv_window();
             let mut left = got;
             for buf in self.pool.iter_mut() {
                 if left == 0 {
@@ -911,10 +929,8 @@ impl TcpTable {
 
 /// Restarts sending from the oldest unacknowledged byte (go-back-N).
 fn rewind(f: &mut Flow) {
-    if f.peek_off {
-        if sock::setsockopt_int(f.fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err() {
-            return;
-        }
+    if f.peek_off && sock::setsockopt_int(f.fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err() {
+        return;
     }
     f.snd_nxt = f.snd_una;
     if f.fin_sent && !f.fin_acked {
@@ -940,13 +956,18 @@ fn want_out(f: &mut Flow, env: &mut Env) {
 }
 
 fn send_ack(f: &mut Flow, env: &mut Env, tr: &Translation, ctl: &mut [u8]) {
+    let wnd = f.rcv_window();
+    if wnd < 4 * u32::from(f.mss) && !f.guest_fin {
+        // The guest is about to stall on our window: tell it when the socket drains.
+        want_out(f, env);
+    }
     let fields = TcpFields {
         src_port: f.peer.port(),
         dst_port: f.guest.port(),
         seq: f.snd_nxt,
         ack: f.rcv_nxt,
         flags: F::ACK,
-        window: f.window_field(f.rcv_window()),
+        window: f.window_field(wnd),
         ..Default::default()
     };
     let n = wire::write_tcp_frame(
@@ -969,7 +990,7 @@ fn probe(f: &mut Flow, env: &mut Env, tr: &Translation, ctl: &mut [u8]) {
         seq: f.snd_una.wrapping_sub(1),
         ack: f.rcv_nxt,
         flags: F::ACK,
-        window: f.window_field(f.rcv_window()),
+        window: f.adv_window(),
         ..Default::default()
     };
     let n = wire::write_tcp_frame(

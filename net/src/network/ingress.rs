@@ -5,7 +5,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Instant, SystemTime};
 
-use etherparse::{Ethernet2Slice, EtherType, IpNumber, Ipv4Slice, TcpOptionElement, TcpSlice, UdpSlice};
+use etherparse::{
+    EtherType, Ethernet2Slice, IpNumber, Ipv4Slice, TcpOptionElement, TcpSlice, UdpSlice,
+};
 use event_manager::EventOps;
 
 use super::{Network, OpsRegistrar};
@@ -77,7 +79,14 @@ impl Network {
         }
     }
 
-    fn ipv4_input(&mut self, src_mac: MacAddr, to_us: bool, payload: &[u8], ops: &mut EventOps, now: Instant) {
+    fn ipv4_input(
+        &mut self,
+        src_mac: MacAddr,
+        to_us: bool,
+        payload: &[u8],
+        ops: &mut EventOps,
+        now: Instant,
+    ) {
         let Ok(ip) = Ipv4Slice::from_slice(payload) else {
             self.nat_stats.dropped_malformed += 1;
             return;
@@ -110,7 +119,9 @@ impl Network {
                 } else {
                     let room = self.room();
                     let mut reg = OpsRegistrar(ops);
-                    let super::Network { udp: table, fabric, .. } = self;
+                    let super::Network {
+                        udp: table, fabric, ..
+                    } = self;
                     let mut env = Env {
                         now,
                         reg: &mut reg,
@@ -169,7 +180,14 @@ impl Network {
             }
             IpNumber::ICMP if to_us => {
                 if dst == gw {
-                    let n = gateway::echo_reply(body, src, src_mac, gw, self.cfg.gateway_mac, &mut self.scratch);
+                    let n = gateway::echo_reply(
+                        body,
+                        src,
+                        src_mac,
+                        gw,
+                        self.cfg.gateway_mac,
+                        &mut self.scratch,
+                    );
                     if let Some(n) = n {
                         let super::Network {
                             fabric, scratch, ..
@@ -223,7 +241,14 @@ impl Network {
         };
         match answer {
             LocalAnswer::Answer(resp) => self.send_udp_from_gateway(DNS_PORT, src, sport, &resp),
-            LocalAnswer::Forward => self.dns.submit(query, dns::Client { ip: src, port: sport }, now),
+            LocalAnswer::Forward => self.dns.submit(
+                query,
+                dns::Client {
+                    ip: src,
+                    port: sport,
+                },
+                now,
+            ),
             LocalAnswer::Drop => {}
         }
     }

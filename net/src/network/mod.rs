@@ -210,8 +210,8 @@ impl Network {
         self.stop_fd = Some(stop);
         let stopping = self.stopping.clone();
         let net = Rc::new(RefCell::new(self));
-        let mut em: EventManager<Rc<RefCell<Network>>> =
-            EventManager::new().map_err(|e| Error::io("event manager", std::io::Error::other(format!("{e:?}"))))?;
+        let mut em: EventManager<Rc<RefCell<Network>>> = EventManager::new()
+            .map_err(|e| Error::io("event manager", std::io::Error::other(format!("{e:?}"))))?;
         em.add_subscriber(net.clone());
         while !*stopping.borrow() {
             if let Err(e) = em.run_with_timeout(1000) {
@@ -234,6 +234,17 @@ impl Network {
         };
         tcp.shutdown(&mut env);
         fabric.flush_all();
+        tracing::info!(
+            "stats: {:?} {:?} {:?} {:?} {:?} {:?} {:?} runts: {}",
+            self.nat_stats,
+            self.tcp.stats,
+            self.udp.stats,
+            self.icmp.stats,
+            self.dhcp.stats(),
+            self.dns.stats(),
+            self.fabric.switch.stats(),
+            self.fabric.runts
+        );
         tracing::info!("network stopped");
     }
 
@@ -314,10 +325,18 @@ impl Network {
         self.send_udp_to(mac, port, ip, dst_port, payload);
     }
 
-    fn send_udp_to(&mut self, mac: crate::MacAddr, port: u16, ip: Ipv4Addr, dst_port: u16, payload: &[u8]) {
+    fn send_udp_to(
+        &mut self,
+        mac: crate::MacAddr,
+        port: u16,
+        ip: Ipv4Addr,
+        dst_port: u16,
+        payload: &[u8],
+    ) {
         use crate::wire::{write_udp_frame, L4_OFF, UDP_LEN};
         let at = L4_OFF + UDP_LEN;
-        if payload.len() + 28 > usize::from(self.cfg.mtu) || at + payload.len() > self.scratch.len() {
+        if payload.len() + 28 > usize::from(self.cfg.mtu) || at + payload.len() > self.scratch.len()
+        {
             return;
         }
         self.scratch[at..at + payload.len()].copy_from_slice(payload);
@@ -401,7 +420,12 @@ impl Network {
     }
 
     fn arp_for(&mut self, ip: Ipv4Addr) {
-        let n = crate::gateway::arp_request(ip, self.cfg.gateway(), self.cfg.gateway_mac, &mut self.scratch);
+        let n = crate::gateway::arp_request(
+            ip,
+            self.cfg.gateway(),
+            self.cfg.gateway_mac,
+            &mut self.scratch,
+        );
         let Network {
             fabric, scratch, ..
         } = self;
@@ -416,19 +440,25 @@ impl MutEventSubscriber for Network {
                 tracing::error!("event loop: cannot poll descriptor {fd}: {e:?}");
             }
         };
-        if self
-            .timer
-            .reset(TICK, Some(TICK))
-            .is_err()
-        {
+        if self.timer.reset(TICK, Some(TICK)).is_err() {
             tracing::error!("timerfd: cannot arm");
         }
-        reg(ops, self.timer.as_raw_fd(), token(TokenKind::Timer, 0), EventSet::IN);
+        reg(
+            ops,
+            self.timer.as_raw_fd(),
+            token(TokenKind::Timer, 0),
+            EventSet::IN,
+        );
         if let Some(fd) = self.stop_fd {
             reg(ops, fd, token(TokenKind::Stop, 0), EventSet::IN);
         }
         if let Some(l) = &self.listener {
-            reg(ops, l.as_raw_fd(), token(TokenKind::StreamListener, 0), EventSet::IN);
+            reg(
+                ops,
+                l.as_raw_fd(),
+                token(TokenKind::StreamListener, 0),
+                EventSet::IN,
+            );
         }
         for (i, fd) in self.dns_fds.iter().enumerate() {
             reg(ops, *fd, token(TokenKind::Dns, i), EventSet::IN);
@@ -521,7 +551,11 @@ impl Network {
                     }
                     let id = self.fabric.add_port(Port::Stream(c));
                     if let Some(fd) = self.fabric.port_fd(id) {
-                        let _ = ops.add(Events::with_data_raw(fd, token(TokenKind::Port, id), EventSet::IN));
+                        let _ = ops.add(Events::with_data_raw(
+                            fd,
+                            token(TokenKind::Port, id),
+                            EventSet::IN,
+                        ));
                     }
                     tracing::info!("port {id}: stream client attached");
                 }
@@ -545,16 +579,20 @@ impl Network {
         let Some(mut rx) = self.fabric.take_rx(p) else {
             return;
         };
-        let status = self.fabric.read_port(p, &mut rx);
+        let mut open = self.fabric.read_port(p, &mut rx);
         loop {
             match rx.next_frame() {
                 Ok(Some(frame)) => self.ingress(p, frame, ops, now),
                 Ok(None) => break,
-                Err(()) => break,
+                Err(e) => {
+                    tracing::warn!("port {p}: frame length {} is not a frame: detaching", e.0);
+                    open = false;
+                    break;
+                }
             }
         }
         self.fabric.put_rx(p, rx);
-        if !status {
+        if !open {
             self.remove_port(p, ops);
         }
     }
@@ -606,7 +644,8 @@ impl Registrar for NullRegistrar {
 pub fn default_route_address() -> Option<Ipv4Addr> {
     let s = UdpSocket::bind("0.0.0.0:0").ok()?;
     // TEST-NET-2: connect() on UDP only picks a route; no packet leaves.
-    s.connect(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 9)).ok()?;
+    s.connect(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 9))
+        .ok()?;
     match s.local_addr().ok()? {
         SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(*a.ip()),
         _ => None,

@@ -111,6 +111,10 @@ impl Port {
     }
 }
 
+/// A length prefix larger than [`MAX_FRAME`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadLength(pub usize);
+
 /// Frames read from a port, waiting to be switched.
 ///
 /// For a TAP it holds whole frames one after another, each prefixed by its length; for a
@@ -141,8 +145,12 @@ impl RxBuf {
         }
     }
 
-    /// The next complete length-prefixed frame, if any; `Err` on a length no frame can have.
-    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, ()> {
+    /// The next complete length-prefixed frame, if any.
+    ///
+    /// # Errors
+    /// [`BadLength`] when the next length is one no frame can have: the peer does not speak
+    /// the protocol, and the stream cannot be resynchronised.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, BadLength> {
         let avail = self.end - self.start;
         if avail < 4 {
             return Ok(None);
@@ -150,7 +158,7 @@ impl RxBuf {
         let b = &self.buf[self.start..self.start + 4];
         let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
         if len > MAX_FRAME {
-            return Err(());
+            return Err(BadLength(len));
         }
         if avail < 4 + len {
             return Ok(None);

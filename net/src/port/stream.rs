@@ -37,7 +37,10 @@ impl StreamListener {
             if UnixStream::connect(path).is_ok() {
                 return Err(Error::io(
                     what(),
-                    io::Error::new(io::ErrorKind::AddrInUse, "another network is listening there"),
+                    io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "another network is listening there",
+                    ),
                 ));
             }
             std::fs::remove_file(path).map_err(|e| Error::io(what(), e))?;
@@ -141,7 +144,8 @@ impl StreamPort {
         }
         let rest_hdr = &hdr[written.min(4)..];
         self.tx.extend_from_slice(rest_hdr);
-        self.tx.extend_from_slice(&frame[written.saturating_sub(4)..]);
+        self.tx
+            .extend_from_slice(&frame[written.saturating_sub(4)..]);
         self.stats.tx_frames += 1;
     }
 

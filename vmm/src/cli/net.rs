@@ -82,8 +82,12 @@ fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
     let (a, b) = s
         .split_once(',')
         .ok_or_else(|| format!("'{s}': expected FIRST,LAST"))?;
-    let a = a.parse().map_err(|_| format!("'{a}' is not an IPv4 address"))?;
-    let b = b.parse().map_err(|_| format!("'{b}' is not an IPv4 address"))?;
+    let a = a
+        .parse()
+        .map_err(|_| format!("'{a}' is not an IPv4 address"))?;
+    let b = b
+        .parse()
+        .map_err(|_| format!("'{b}' is not an IPv4 address"))?;
     Ok((a, b))
 }
 
