@@ -11,10 +11,9 @@
 #                        Without skiff.cmd: a shell on the console; the VM ends
 #                        when that shell exits.
 #   skiff.exit=poweroff|reboot
-#                        how the VM ends (default poweroff; if the machine is
-#                        still running after it, reboot follows, so a VMM that
-#                        only implements reset (i8042, triple fault) also sees
-#                        the end; give QEMU -no-reboot).
+#                        how the VM ends: default poweroff when ACPI is up,
+#                        otherwise reboot (the i8042 reset or a triple fault;
+#                        give QEMU -no-reboot); skiff.exit=reboot always reboots.
 # Console lines a test can wait for (each at the start of a line):
 #   skiff-guest: init started
 #   skiff-guest: lease ip=A.B.C.D/NN router=R dns=D1[,D2] mtu=M domain=DOM
@@ -66,15 +65,14 @@ fi
 
 finish() {
 	sync
-	if [ "$exitmode" = reboot ]; then
-		reboot -f
-	else
-		# In a child: without a power-off method the kernel returns from
-		# reboot(POWER_OFF) and only that process exits, not init.
-		(poweroff -f)
-		sleep 1
-		reboot -f
+	# Without a power-off method (no ACPI, as in skiff's VMM or QEMU microvm
+	# with acpi=off) the kernel turns power-off into halt, which never
+	# returns and never exits the VMM; reboot (i8042 reset, or triple fault)
+	# does. So power off only if ACPI is up.
+	if [ "$exitmode" = poweroff ] && [ -d /sys/firmware/acpi ]; then
+		poweroff -f
 	fi
+	reboot -f
 	sleep 10
 }
 

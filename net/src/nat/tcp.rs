@@ -125,6 +125,10 @@ pub struct TcpStats {
     pub retransmits: u64,
     /// Segments from guests with no flow (answered with RST).
     pub no_flow: u64,
+    /// Guest segments the host socket took only in part (the guest retransmits the rest).
+    pub partial_sends: u64,
+    /// Guest segments after a hole, dropped.
+    pub out_of_order: u64,
 }
 
 struct Flow {
@@ -169,16 +173,19 @@ impl Flow {
         self.snd_nxt.wrapping_sub(self.snd_una)
     }
 
-    /// The window we advertise, bytes: what the host socket can still take. The send
-    /// buffer grows with the kernel's autotuning, so it is read again when it looks full.
+    /// The window we advertise, bytes: what the host socket can still take. The kernel
+    /// charges its send buffer with the memory of the queued buffers, a little more than
+    /// their bytes (SIOCOUTQ), so a quarter is kept back: a segment the socket refuses in
+    /// part costs the guest a retransmission of everything after it. The send buffer grows
+    /// with the kernel's autotuning, so it is read again when it looks full.
     fn rcv_window(&mut self) -> u32 {
         let outq = sock::outq(self.fd()).unwrap_or(0) as u32;
-        if outq + 2 * u32::from(self.mss) >= self.sndbuf {
+        if outq + 2 * u32::from(self.mss) >= self.sndbuf - self.sndbuf / 4 {
             if let Ok(b) = sock::getsockopt_int(self.fd(), libc::SOL_SOCKET, libc::SO_SNDBUF) {
                 self.sndbuf = b.max(0) as u32;
             }
         }
-        self.sndbuf.saturating_sub(outq)
+        (self.sndbuf - self.sndbuf / 4).saturating_sub(outq)
     }
 
     /// The window field for our next segment.
@@ -258,7 +265,15 @@ impl TcpTable {
             Some(f) => {
                 f.guest_mac = seg.src_mac;
                 f.last_activity = env.now;
-                Self::segment_on_flow(f, env, seg, &self.tr, &mut self.ctl, self.mtu - 40)
+                Self::segment_on_flow(
+                    f,
+                    env,
+                    seg,
+                    &self.tr,
+                    &mut self.ctl,
+                    self.mtu - 40,
+                    &mut self.stats,
+                )
             }
             None => return false,
         };
@@ -454,6 +469,7 @@ impl TcpTable {
         tr: &Translation,
         ctl: &mut [u8],
         our_mss: u16,
+        stats: &mut TcpStats,
     ) -> Verdict {
         if seg.flags & F::RST != 0 {
             // Accept a reset only inside the window (RFC 5961 §3 in spirit: not blind).
@@ -547,21 +563,35 @@ impl TcpTable {
             }
         }
         f.snd_wnd = wnd;
-        // Data from the guest.
+        // Data from the guest. A retransmission may overlap what the socket already took:
+        // only the new part is written.
         if !seg.payload.is_empty() {
-            if seg.seq == f.rcv_nxt && !f.guest_fin {
-                match sock::send(f.fd(), seg.payload) {
+            let seen = f.rcv_nxt.wrapping_sub(seg.seq) as usize;
+            if seq_le(seg.seq, f.rcv_nxt) && seen < seg.payload.len() && !f.guest_fin {
+                let data = &seg.payload[seen..];
+                match sock::send(f.fd(), data) {
                     Ok(n) => {
                         f.rcv_nxt = f.rcv_nxt.wrapping_add(n as u32);
-                        if n < seg.payload.len() {
+                        if n < data.len() {
+                            stats.partial_sends += 1;
                             want_out(f, env);
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => want_out(f, env),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        stats.partial_sends += 1;
+                        want_out(f, env);
+                    }
                     Err(_) => return Verdict::Reset,
                 }
+                f.needs_ack = true;
+            } else if seq_lt(f.rcv_nxt, seg.seq) {
+                // A hole before this segment: a duplicate ACK at once, not coalesced, so that
+                // the guest's fast retransmit starts (RFC 5681 §4.2).
+                stats.out_of_order += 1;
+                send_ack(f, env, tr, ctl);
+            } else {
+                f.needs_ack = true;
             }
-            f.needs_ack = true;
         }
         if seg.payload.is_empty() && seg.flags & F::FIN == 0 && seq_lt(seg.seq, f.rcv_nxt) {
             // A zero-window probe or keep-alive: an old sequence number asks for an ACK.
