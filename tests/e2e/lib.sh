@@ -105,9 +105,10 @@ topology() {
 }
 
 # start_skiff LOGNAME ARGS...: skiff net serve in the host namespace; sets SKIFF_PID.
+# SKIFF_AS, if set, is a command prefix such as "setpriv --reuid nobody ...".
 start_skiff() {
   local name=$1; shift
-  ip netns exec "$HOST_NS" env RUST_LOG=${RUST_LOG:-info} "$SKIFF" net serve "$@" \
+  ip netns exec "$HOST_NS" ${SKIFF_AS:-} env RUST_LOG=${RUST_LOG:-info} "$SKIFF" net serve "$@" \
     >"$WORK/$name.log" 2>&1 &
   SKIFF_PID=$!
   track "$SKIFF_PID"
