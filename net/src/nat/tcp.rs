@@ -157,6 +157,7 @@ struct Flow {
     interest: u32,
     registered: bool,
     needs_ack: bool,
+    ack_queued: bool,
     dup_acks: u8,
     retries: u8,
     rto: Duration,
@@ -350,6 +351,7 @@ impl TcpTable {
             interest: EPOLLOUT,
             registered: true,
             needs_ack: false,
+            ack_queued: false,
             dup_acks: 0,
             retries: 0,
             rto: RTO_INITIAL,
@@ -412,6 +414,7 @@ impl TcpTable {
             interest: 0,
             registered: false,
             needs_ack: false,
+            ack_queued: false,
             dup_acks: 0,
             retries: 0,
             rto: Duration::from_secs(1),
@@ -693,15 +696,20 @@ impl TcpTable {
                 return;
             }
             let seg_max = mss.min(usize::from(f.mss));
-            let mut iov: Vec<libc::iovec> = Vec::with_capacity(FRAMES_PER_PEEK + 1);
-            if !f.peek_off {
+            // The peek lands straight in the frame buffers, behind room for the headers.
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; FRAMES_PER_PEEK + 1];
+            let mut n_iov = 0;
+            if !f.peek_off && in_flight > 0 {
+                // Without SO_PEEK_OFF the bytes in flight are peeked again, into scratch.
                 self.discard.resize(in_flight as usize, 0);
-                if in_flight > 0 {
-                    iov.push(libc::iovec {
-                        iov_base: self.discard.as_mut_ptr() as *mut libc::c_void,
-                        iov_len: in_flight as usize,
-                    });
-                }
+                iov[0] = libc::iovec {
+                    iov_base: self.discard.as_mut_ptr() as *mut libc::c_void,
+                    iov_len: in_flight as usize,
+                };
+                n_iov = 1;
             }
             let mut want = 0usize;
             for buf in self.pool.iter_mut() {
@@ -709,14 +717,15 @@ impl TcpTable {
                     break;
                 }
                 let len = seg_max.min(avail as usize - want);
-                iov.push(libc::iovec {
-                    // SAFETY: hdr < buf.len() since buffers hold a full frame.
+                iov[n_iov] = libc::iovec {
+                    // SAFETY: hdr + len <= buf.len(): buffers hold a whole frame of the MTU.
                     iov_base: unsafe { buf.as_mut_ptr().add(hdr) } as *mut libc::c_void,
                     iov_len: len,
-                });
+                };
+                n_iov += 1;
                 want += len;
             }
-            let got = match sock::peek_into(f.fd(), &mut iov) {
+            let got = match sock::peek_into(f.fd(), &mut iov[..n_iov]) {
                 Ok(n) if !f.peek_off => n.saturating_sub(in_flight as usize),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -808,8 +817,9 @@ impl TcpTable {
     }
 
     fn queue_ack(&mut self, idx: usize) {
-        if let Some(f) = self.flows.get(idx) {
-            if f.needs_ack && !self.pending_acks.contains(&idx) {
+        if let Some(f) = self.flows.get_mut(idx) {
+            if f.needs_ack && !f.ack_queued {
+                f.ack_queued = true;
                 self.pending_acks.push(idx);
             }
         }
@@ -817,13 +827,16 @@ impl TcpTable {
 
     /// Sends the ACKs that handling a batch of segments left owed, one per flow.
     pub fn flush_acks(&mut self, env: &mut Env) {
-        for idx in std::mem::take(&mut self.pending_acks) {
+        let mut pending = std::mem::take(&mut self.pending_acks);
+        for idx in pending.drain(..) {
             if let Some(f) = self.flows.get_mut(idx) {
+                f.ack_queued = false;
                 if f.needs_ack {
                     send_ack(f, env, &self.tr, &mut self.ctl);
                 }
             }
         }
+        self.pending_acks = pending;
     }
 
     fn maybe_finish(&mut self, env: &mut Env, idx: usize) {
