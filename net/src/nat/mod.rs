@@ -313,3 +313,6 @@ mod tests {
         assert_eq!(s.get(b), Some(&2));
     }
 }
+
+#[cfg(test)]
+mod flow_tests;

@@ -20,6 +20,8 @@
 //! bytes not yet sent. Peeked bytes land directly in frame buffers behind room for the
 //! headers, are cut into MSS-sized segments, and go to the guest within its window. A guest
 //! ACK discards the acknowledged bytes from the socket (`recv(MSG_TRUNC)`, no copy).
+//! Since bytes in flight keep the socket readable, it is polled edge-triggered while they are
+//! there (new data and the host's FIN still wake us) and level-triggered otherwise.
 //! Retransmission rewinds: `snd_nxt = snd_una`, peek offset back to zero, peek again. It is
 //! triggered by three duplicate ACKs or by the retransmission timer (exponential back-off;
 //! after [`MAX_RETRIES`] the flow is reset both ways). A zero guest window stops reading the
@@ -74,6 +76,7 @@ const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
 const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
 const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
 const EPOLLERR: u32 = libc::EPOLLERR as u32;
+const EPOLLET: u32 = libc::EPOLLET as u32;
 
 /// A TCP segment from a guest, parsed.
 #[derive(Clone, Copy, Debug)]
@@ -565,6 +568,10 @@ impl TcpTable {
                 rewind(f);
             }
         }
+        if wnd == 0 {
+            // The guest answers our probes: it is alive, only its application is slow.
+            f.retries = 0;
+        }
         f.snd_wnd = wnd;
         // Data from the guest. A retransmission may overlap what the socket already took:
         // only the new part is written.
@@ -634,10 +641,7 @@ impl TcpTable {
                     set_interest(f, env, 0);
                     send_synack(f, env, &self.tr, &mut self.ctl, self.mtu - 40);
                 }
-                _ => {
-                    self.stats.reset += 1;
-                    self.close(env, idx, true);
-                }
+                _ => self.close(env, idx, true),
             }
             return;
         }
@@ -685,8 +689,11 @@ impl TcpTable {
                 avail = avail.min(MAX_IN_FLIGHT_NO_PEEK_OFF.saturating_sub(in_flight));
             }
             if avail == 0 {
-                if f.interest & EPOLLIN != 0 {
-                    let i = f.interest & !EPOLLIN;
+                // Nothing may be sent: stop polling for input, the host's FIN included (a
+                // level-triggered EPOLLRDHUP would fire until the window opens). The
+                // guest's next ACK pushes again.
+                if f.interest & (EPOLLIN | EPOLLRDHUP) != 0 {
+                    let i = f.interest & !(EPOLLIN | EPOLLRDHUP);
                     set_interest(f, env, i);
                 }
                 if f.deadline.is_none() {
@@ -729,9 +736,7 @@ impl TcpTable {
                 Ok(n) if !f.peek_off => n.saturating_sub(in_flight as usize),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if f.registered && f.interest & EPOLLIN == 0 {
-                        set_interest(f, env, EPOLLIN | EPOLLRDHUP);
-                    }
+                    input_drained(f, env, in_flight);
                     return;
                 }
                 Err(_) => {
@@ -741,6 +746,7 @@ impl TcpTable {
             };
             let eof = got == 0 && (f.peek_off || f.host_eof);
             if got == 0 && !eof {
+                input_drained(f, env, in_flight);
                 return;
             }
             if eof {
@@ -918,8 +924,9 @@ impl TcpTable {
                 }
                 State::SynAckSent | State::SynSent => {
                     if f.retries >= SYN_RETRIES {
-                        let reset = f.state == State::SynAckSent;
-                        self.close(env, idx, reset);
+                        // Either side never answered: both get a reset, so the host client of
+                        // a port forward sees a refusal rather than an empty connection.
+                        self.close(env, idx, true);
                         continue;
                     }
                     f.retries += 1;
@@ -989,6 +996,20 @@ fn set_interest(f: &mut Flow, env: &mut Env, interest: u32) {
     }
     f.interest = interest;
     env.reg.modify(f.fd(), f.token, interest);
+}
+
+/// Everything the socket holds has been sent. Bytes in flight keep it readable, so a
+/// level-triggered EPOLLIN would fire without pause until the guest's ACK: while bytes are
+/// in flight the socket is polled edge-triggered, which reports new data (and the host's
+/// FIN) only. Other bits (EPOLLOUT) are kept.
+fn input_drained(f: &mut Flow, env: &mut Env, in_flight: u32) {
+    let i = f.interest | EPOLLIN | EPOLLRDHUP;
+    let i = if in_flight > 0 {
+        i | EPOLLET
+    } else {
+        i & !EPOLLET
+    };
+    set_interest(f, env, i);
 }
 
 fn want_out(f: &mut Flow, env: &mut Env) {
