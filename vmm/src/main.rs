@@ -1,6 +1,6 @@
 //! `skiff`: the command-line entry point.
 //!
-//! `skiff net serve` runs a NAT network (libvirt's default network, in user space) that QEMU
+//! `skiff run` boots a microVM; `skiff net serve` runs a NAT network (libvirt's default network, in user space) that QEMU
 //! stream clients and TAP devices attach to.
 
 mod cli;
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     cli::init_logging();
     match cli::run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("skiff: {e:#}");
             ExitCode::from(2)

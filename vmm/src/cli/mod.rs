@@ -2,6 +2,7 @@
 //! opened; errors name the flag.
 
 mod net;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Boot a microVM with its serial console on the terminal.
+    Run(run::RunArgs),
     /// Networks: run one, as libvirt's default network does for its guests.
     #[command(subcommand)]
     Net(net::NetCommand),
@@ -31,10 +34,11 @@ pub fn init_logging() {
         .init();
 }
 
-/// Parses the command line and runs the command.
-pub fn run() -> anyhow::Result<()> {
+/// Parses the command line and runs the command; returns the process exit status.
+pub fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Net(c) => net::run(c),
+        Command::Run(a) => run::run(a),
+        Command::Net(c) => net::run(c).map(|()| 0),
     }
 }

@@ -1,0 +1,856 @@
+//! The virtio-net queue logic (virtio 1.2 §5.1.6), free of any event loop.
+//!
+//! [`NetQueues`] owns the receive and transmit [`Queue`]s of an activated device, a view of
+//! guest memory and the device's interrupt.
+//!
+//! - TX ([`NetQueues::process_tx`]): each available chain is copied once, descriptor by
+//!   descriptor, into a buffer the device owns (the guest may rewrite its memory meanwhile,
+//!   so nothing is parsed in place); the frame after the 12-byte header goes to the
+//!   [`NetBackend`]; the chain is returned with used length 0.
+//! - RX ([`NetQueues::try_deliver`], [`NetQueues::deliver`]): the header and the frame are
+//!   written straight into the next available chain's device-writable descriptors, as many as
+//!   it takes, and the chain is returned with the written length.
+//!
+//! Guest input is hostile. A chain with a descriptor in the wrong direction, an address
+//! outside guest memory, a length out of bounds, or a `next` that loops or leaves the
+//! descriptor table (virtio-queue stops walking it after queue-size descriptors) is dropped:
+//! returned with used length 0 and counted in [`NetStats`]. Nothing here panics on guest
+//! data; no allocation happens per frame.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::{MAX_BUFFER_LEN, MAX_FRAME_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET};
+use crate::virtio::{InterruptKind, InterruptSignal};
+use crate::{Error, Result};
+
+/// Where transmitted frames go: a switch port, a socket, a test's vector.
+pub trait NetBackend {
+    /// Takes one Ethernet frame the guest sent (virtio-net header removed). The slice is
+    /// the device's buffer: copy what must outlive the call.
+    fn send(&mut self, frame: &[u8]);
+}
+
+/// The header in front of every received frame: no checksum offload (`flags` 0), no GSO
+/// (`gso_type` VIRTIO_NET_HDR_GSO_NONE), one buffer (`num_buffers` 1, §5.1.6.4).
+const RX_HEADER: [u8; NET_HDR_LEN] = {
+    let mut h = [0u8; NET_HDR_LEN];
+    h[NUM_BUFFERS_OFFSET] = 1;
+    h
+};
+
+/// What [`NetQueues::try_deliver`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxOutcome {
+    /// The frame is in the guest's buffer and on the used ring.
+    Delivered,
+    /// No receive buffer is available: keep the frame until the guest posts one (its RX
+    /// queue notification), or drop it.
+    NoBuffer,
+    /// The frame is longer than [`MAX_FRAME_LEN`] or than the next receive buffer; it was
+    /// counted as dropped and the buffer left for the next frame. Do not retry it.
+    TooLarge,
+}
+
+/// Counters of the queue work. Drops are per descriptor chain.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames handed to the backend.
+    pub tx_frames: u64,
+    /// Bytes of those frames (headers excluded).
+    pub tx_bytes: u64,
+    /// TX chains dropped for a device-writable descriptor.
+    pub tx_wrong_direction: u64,
+    /// TX chains dropped for holding less than a virtio-net header (zero length included).
+    pub tx_too_short: u64,
+    /// TX chains dropped for holding more than [`MAX_BUFFER_LEN`] bytes.
+    pub tx_too_long: u64,
+    /// TX chains dropped for a buffer outside guest memory.
+    pub tx_bad_address: u64,
+    /// TX chains dropped as malformed: a loop, more descriptors than the queue size, a
+    /// `next` or head index outside the table, an unreadable descriptor.
+    pub tx_malformed: u64,
+    /// Frames written to the guest.
+    pub rx_frames: u64,
+    /// Bytes of those frames (headers excluded).
+    pub rx_bytes: u64,
+    /// Delivery attempts that found no receive buffer.
+    pub rx_no_buffer: u64,
+    /// Frames dropped for not fitting [`MAX_FRAME_LEN`] or the guest's buffer.
+    pub rx_too_large: u64,
+    /// RX chains dropped for a device-readable descriptor.
+    pub rx_wrong_direction: u64,
+    /// RX chains dropped for a buffer outside guest memory.
+    pub rx_bad_address: u64,
+    /// RX chains dropped as malformed (see `tx_malformed`).
+    pub rx_malformed: u64,
+    /// Chains the used ring refused (head index not below the queue size).
+    pub bad_heads: u64,
+    /// Available rings found inconsistent (index moved by more than the queue size).
+    pub ring_errors: u64,
+}
+
+/// Why a chain was dropped (or, for `NoRoom`, left in place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChainError {
+    WrongDirection,
+    TooShort,
+    TooLong,
+    BadAddress,
+    Malformed,
+    /// RX only: the chain is well-formed but smaller than header + frame.
+    NoRoom,
+}
+
+/// The queues of an activated virtio-net device.
+pub struct NetQueues {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<dyn InterruptSignal>,
+    /// Where TX chains are copied: [`MAX_BUFFER_LEN`] bytes, allocated once.
+    tx_buf: Box<[u8]>,
+    /// Used RX entries were added since the last [`NetQueues::signal_rx`].
+    rx_used_pending: bool,
+    stats: NetStats,
+}
+
+impl NetQueues {
+    /// Queue work for `rx` and `tx` (configured and ready) on `mem`, interrupting through
+    /// `interrupt`.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        rx: Queue,
+        tx: Queue,
+        interrupt: Arc<dyn InterruptSignal>,
+    ) -> Self {
+        Self {
+            mem,
+            rx,
+            tx,
+            interrupt,
+            tx_buf: vec![0; MAX_BUFFER_LEN].into_boxed_slice(),
+            rx_used_pending: false,
+            stats: NetStats::default(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// Sends every frame the guest made available on the TX queue to `backend`, returns
+    /// the chains, and interrupts the guest once if any were returned. Guest notifications
+    /// are suppressed while the queue is drained. Returns the number of frames sent.
+    ///
+    /// # Errors
+    /// [`Error::Queue`] when the available ring is inconsistent or unreadable (the device
+    /// needs a reset); [`Error::Interrupt`] when the interrupt cannot be raised.
+    pub fn process_tx<B: NetBackend + ?Sized>(&mut self, backend: &mut B) -> Result<usize> {
+        let mut sent = 0;
+        let mut used = false;
+        let drained = self.drain_tx(backend, &mut sent, &mut used);
+        if used {
+            signal(&mut self.tx, &self.mem, &*self.interrupt)?;
+        }
+        drained.map(|()| sent)
+    }
+
+    fn drain_tx<B: NetBackend + ?Sized>(
+        &mut self,
+        backend: &mut B,
+        sent: &mut usize,
+        used: &mut bool,
+    ) -> Result<()> {
+        loop {
+            self.tx
+                .disable_notification(&self.mem)
+                .map_err(Error::Queue)?;
+            while let Some(chain) = pop(&mut self.tx, &self.mem, &mut self.stats)? {
+                let head = chain.head_index();
+                let read = if head < self.tx.size() {
+                    read_chain(&self.mem, chain, &mut self.tx_buf)
+                } else {
+                    Err(ChainError::Malformed)
+                };
+                match read {
+                    Ok(len) => {
+                        let frame = &self.tx_buf[NET_HDR_LEN..len];
+                        backend.send(frame);
+                        self.stats.tx_frames += 1;
+                        self.stats.tx_bytes += frame.len() as u64;
+                        *sent += 1;
+                    }
+                    Err(e) => {
+                        tracing::debug!("virtio-net: TX chain {head} dropped: {e:?}");
+                        let counter = match e {
+                            ChainError::WrongDirection => &mut self.stats.tx_wrong_direction,
+                            ChainError::TooShort => &mut self.stats.tx_too_short,
+                            ChainError::TooLong => &mut self.stats.tx_too_long,
+                            ChainError::BadAddress => &mut self.stats.tx_bad_address,
+                            ChainError::Malformed | ChainError::NoRoom => {
+                                &mut self.stats.tx_malformed
+                            }
+                        };
+                        *counter += 1;
+                    }
+                }
+                // The device wrote nothing into a TX chain: used length 0 (§2.7.8).
+                *used |= add_used(&mut self.tx, &self.mem, head, 0, &mut self.stats);
+            }
+            if !self
+                .tx
+                .enable_notification(&self.mem)
+                .map_err(Error::Queue)?
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether the guest has posted a receive buffer not used yet. Cheap: one read of the
+    /// available ring's index; use it to decide whether to read frames from the backend.
+    pub fn rx_has_buffer(&self) -> bool {
+        self.rx
+            .avail_idx(&self.mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != self.rx.next_avail())
+    }
+
+    /// Writes the virtio-net header and `frame` (an Ethernet frame, at most
+    /// [`MAX_FRAME_LEN`] bytes) into the next available receive chain and puts it on the
+    /// used ring, without interrupting the guest: call [`Self::signal_rx`] after a batch.
+    /// Malformed chains met on the way are dropped (used length 0, counted) and the next
+    /// one tried.
+    ///
+    /// # Errors
+    /// [`Error::Queue`] when the available ring is inconsistent or unreadable.
+    pub fn try_deliver(&mut self, frame: &[u8]) -> Result<RxOutcome> {
+        if frame.len() > MAX_FRAME_LEN {
+            self.stats.rx_too_large += 1;
+            return Ok(RxOutcome::TooLarge);
+        }
+        loop {
+            let Some(chain) = pop(&mut self.rx, &self.mem, &mut self.stats)? else {
+                self.stats.rx_no_buffer += 1;
+                return Ok(RxOutcome::NoBuffer);
+            };
+            let head = chain.head_index();
+            let written = if head < self.rx.size() {
+                write_chain(&self.mem, chain, [&RX_HEADER, frame])
+            } else {
+                Err(ChainError::Malformed)
+            };
+            let len = match written {
+                Ok(len) => len,
+                Err(ChainError::NoRoom) => {
+                    // Leave the buffer for a frame that fits.
+                    self.rx.go_to_previous_position();
+                    self.stats.rx_too_large += 1;
+                    return Ok(RxOutcome::TooLarge);
+                }
+                Err(e) => {
+                    tracing::debug!("virtio-net: RX chain {head} dropped: {e:?}");
+                    let counter = match e {
+                        ChainError::WrongDirection => &mut self.stats.rx_wrong_direction,
+                        ChainError::BadAddress => &mut self.stats.rx_bad_address,
+                        _ => &mut self.stats.rx_malformed,
+                    };
+                    *counter += 1;
+                    0
+                }
+            };
+            // `len` <= MAX_BUFFER_LEN, far below u32::MAX.
+            if add_used(&mut self.rx, &self.mem, head, len as u32, &mut self.stats) {
+                self.rx_used_pending = true;
+            }
+            if len > 0 {
+                self.stats.rx_frames += 1;
+                self.stats.rx_bytes += frame.len() as u64;
+                return Ok(RxOutcome::Delivered);
+            }
+        }
+    }
+
+    /// Interrupts the guest if receive buffers were used since the last call (and the
+    /// driver wants to hear about it). Returns whether it interrupted.
+    ///
+    /// # Errors
+    /// [`Error::Queue`] when the ring cannot be read, [`Error::Interrupt`] when the
+    /// interrupt cannot be raised.
+    pub fn signal_rx(&mut self) -> Result<bool> {
+        if !std::mem::take(&mut self.rx_used_pending) {
+            return Ok(false);
+        }
+        signal(&mut self.rx, &self.mem, &*self.interrupt)
+    }
+
+    /// [`Self::try_deliver`] then [`Self::signal_rx`]: delivers one frame and interrupts.
+    /// Returns Ok(true) when the frame was delivered, Ok(false) when there was no buffer
+    /// (keep the frame or drop it) or the frame does not fit (counted; drop it).
+    ///
+    /// # Errors
+    /// As [`Self::try_deliver`] and [`Self::signal_rx`].
+    pub fn deliver(&mut self, frame: &[u8]) -> Result<bool> {
+        let outcome = self.try_deliver(frame)?;
+        self.signal_rx()?;
+        Ok(outcome == RxOutcome::Delivered)
+    }
+}
+
+/// The next available chain of `queue`, if any.
+fn pop<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    stats: &mut NetStats,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>> {
+    match queue.iter(mem) {
+        Ok(mut chains) => Ok(chains.next()),
+        Err(e) => {
+            stats.ring_errors += 1;
+            Err(Error::Queue(e))
+        }
+    }
+}
+
+/// Puts `head` on the used ring with `len` bytes written; false (counted) if refused.
+fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    len: u32,
+    stats: &mut NetStats,
+) -> bool {
+    match queue.add_used(mem, head, len) {
+        Ok(()) => true,
+        Err(e) => {
+            stats.bad_heads += 1;
+            tracing::debug!("virtio-net: chain {head} not returned: {e}");
+            false
+        }
+    }
+}
+
+/// Interrupts the guest for `queue` unless the driver suppressed it.
+fn signal(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &dyn InterruptSignal,
+) -> Result<bool> {
+    if queue.needs_notification(mem).map_err(Error::Queue)? {
+        interrupt.trigger(InterruptKind::UsedBuffer)?;
+        Ok(true)
+    } else {
+        Ok(false)
+    }
+}
+
+/// Copies a TX chain into `buf`; returns the bytes copied (header included).
+fn read_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    buf: &mut [u8],
+) -> std::result::Result<usize, ChainError> {
+    let mut len = 0usize;
+    let mut cut_short = false;
+    for desc in chain {
+        if desc.is_write_only() {
+            return Err(ChainError::WrongDirection);
+        }
+        let end = len
+            .checked_add(desc.len() as usize)
+            .filter(|&end| end <= buf.len())
+            .ok_or(ChainError::TooLong)?;
+        mem.read_slice(&mut buf[len..end], desc.addr())
+            .map_err(|_| ChainError::BadAddress)?;
+        len = end;
+        // virtio-queue ends the walk early (loop, bad `next`) with this still set.
+        cut_short = desc.has_next();
+    }
+    if cut_short {
+        Err(ChainError::Malformed)
+    } else if len < NET_HDR_LEN {
+        Err(ChainError::TooShort)
+    } else {
+        Ok(len)
+    }
+}
+
+/// Writes the concatenation of `parts` into an RX chain; returns the bytes written.
+fn write_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    parts: [&[u8]; 2],
+) -> std::result::Result<usize, ChainError> {
+    let total = parts[0].len() + parts[1].len();
+    let mut written = 0usize;
+    let mut cut_short = false;
+    for desc in chain {
+        if !desc.is_write_only() {
+            return Err(ChainError::WrongDirection);
+        }
+        let n = (desc.len() as usize).min(total - written);
+        write_span(mem, desc.addr(), parts, written, n).ok_or(ChainError::BadAddress)?;
+        written += n;
+        if written == total {
+            return Ok(total);
+        }
+        cut_short = desc.has_next();
+    }
+    Err(if cut_short {
+        ChainError::Malformed
+    } else {
+        ChainError::NoRoom
+    })
+}
+
+/// Writes bytes `start..start + n` of the concatenation of `parts` at `addr`.
+fn write_span(
+    mem: &GuestMemoryMmap,
+    mut addr: GuestAddress,
+    parts: [&[u8]; 2],
+    start: usize,
+    n: usize,
+) -> Option<()> {
+    let end = start + n;
+    let mut pos = start;
+    let mut base = 0;
+    for part in parts {
+        let part_end = base + part.len();
+        if pos < end && pos < part_end {
+            let stop = end.min(part_end);
+            let bytes = &part[pos - base..stop - base];
+            mem.write_slice(bytes, addr).ok()?;
+            addr = addr.checked_add(bytes.len() as u64)?;
+            pos = stop;
+        }
+        base = part_end;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+
+    const MEM_SIZE: u64 = 0x40_0000;
+    const QSIZE: u16 = 16;
+    /// Descriptor tables and available rings, laid out by the mock.
+    const RX_RING: u64 = 0x0;
+    const TX_RING: u64 = 0x1000;
+    /// Used rings, placed by us: virtio-queue 0.18's mock puts the used ring `len` bytes
+    /// after the available ring's entries (its `end()` adds the element count), on top of
+    /// the upper half of the available ring.
+    const RX_USED: u64 = 0x2000;
+    const TX_USED: u64 = 0x3000;
+    /// Buffers live from here on.
+    const BUF: u64 = 0x10000;
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
+    #[derive(Default)]
+    struct CountingIrq(AtomicUsize);
+
+    impl InterruptSignal for CountingIrq {
+        fn trigger(&self, kind: InterruptKind) -> Result<()> {
+            assert_eq!(kind, InterruptKind::UsedBuffer);
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    impl CountingIrq {
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    #[derive(Default)]
+    struct Frames(Vec<Vec<u8>>);
+
+    impl NetBackend for Frames {
+        fn send(&mut self, frame: &[u8]) {
+            self.0.push(frame.to_vec());
+        }
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+    }
+
+    struct Rig<'a> {
+        mem: &'a GuestMemoryMmap,
+        rxq: MockSplitQueue<'a, GuestMemoryMmap>,
+        txq: MockSplitQueue<'a, GuestMemoryMmap>,
+        irq: Arc<CountingIrq>,
+        net: NetQueues,
+    }
+
+    fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
+        let rxq = MockSplitQueue::create(mem, GuestAddress(RX_RING), QSIZE);
+        let txq = MockSplitQueue::create(mem, GuestAddress(TX_RING), QSIZE);
+        let irq = Arc::new(CountingIrq::default());
+        let net = NetQueues::new(
+            mem.clone(),
+            queue(&rxq, RX_USED),
+            queue(&txq, TX_USED),
+            irq.clone(),
+        );
+        Rig {
+            mem,
+            rxq,
+            txq,
+            irq,
+            net,
+        }
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    /// The mock's queue with its used ring moved to `used_ring`.
+    fn queue(mock: &MockSplitQueue<'_, GuestMemoryMmap>, used_ring: u64) -> Queue {
+        let mut q: Queue = mock.create_queue().unwrap();
+        q.try_set_used_ring_address(GuestAddress(used_ring))
+            .unwrap();
+        q
+    }
+
+    /// (id, len) of entry `i` of the used ring at `ring` (§2.7.8: flags, idx, then
+    /// 8-byte elements).
+    fn used(mem: &GuestMemoryMmap, ring: u64, i: u64) -> (u32, u32) {
+        let at = |off: u64| mem.read_obj::<u32>(GuestAddress(ring + off)).unwrap();
+        (at(4 + 8 * i), at(8 + 8 * i))
+    }
+
+    /// The idx field of the used ring at `ring`.
+    fn used_idx(mem: &GuestMemoryMmap, ring: u64) -> u16 {
+        mem.read_obj(GuestAddress(ring + 2)).unwrap()
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn tx_frame_across_descriptors() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        let frame = pattern(300, 1);
+        // Header alone, then the frame in two pieces.
+        r.mem
+            .write_slice(&[0xee; NET_HDR_LEN], GuestAddress(BUF))
+            .unwrap();
+        r.mem
+            .write_slice(&frame[..100], GuestAddress(BUF + 0x1000))
+            .unwrap();
+        r.mem
+            .write_slice(&frame[100..], GuestAddress(BUF + 0x2000))
+            .unwrap();
+        r.txq
+            .add_desc_chains(
+                &[
+                    desc(BUF, NET_HDR_LEN as u32, NEXT, 1),
+                    desc(BUF + 0x1000, 100, NEXT, 2),
+                    desc(BUF + 0x2000, 200, 0, 0),
+                ],
+                0,
+            )
+            .unwrap();
+        let mut out = Frames::default();
+        assert_eq!(r.net.process_tx(&mut out).unwrap(), 1);
+        assert_eq!(out.0, vec![frame.clone()]);
+        assert_eq!(used_idx(r.mem, TX_USED), 1);
+        assert_eq!(used(r.mem, TX_USED, 0), (0, 0));
+        assert_eq!(r.irq.count(), 1);
+        assert_eq!(r.net.stats().tx_frames, 1);
+        assert_eq!(r.net.stats().tx_bytes, 300);
+        // Nothing more available: no frame, no interrupt.
+        assert_eq!(r.net.process_tx(&mut out).unwrap(), 0);
+        assert_eq!(r.irq.count(), 1);
+    }
+
+    #[test]
+    fn tx_header_and_frame_in_one_descriptor_and_max_size() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        let small = pattern(60, 3);
+        r.mem
+            .write_slice(&small, GuestAddress(BUF + NET_HDR_LEN as u64))
+            .unwrap();
+        let big = pattern(MAX_FRAME_LEN, 9);
+        r.mem
+            .write_slice(&big, GuestAddress(BUF + 0x1_0000 + NET_HDR_LEN as u64))
+            .unwrap();
+        r.txq
+            .add_desc_chains(&[desc(BUF, (NET_HDR_LEN + 60) as u32, 0, 0)], 0)
+            .unwrap();
+        r.txq
+            .add_desc_chains(
+                &[
+                    desc(BUF + 0x1_0000, 0x8000, NEXT, 2),
+                    desc(BUF + 0x1_8000, (MAX_BUFFER_LEN - 0x8000) as u32, 0, 0),
+                ],
+                1,
+            )
+            .unwrap();
+        let mut out = Frames::default();
+        assert_eq!(r.net.process_tx(&mut out).unwrap(), 2);
+        assert_eq!(out.0[0], small);
+        assert_eq!(out.0[1], big);
+        assert_eq!(r.irq.count(), 1, "one interrupt for the batch");
+    }
+
+    #[test]
+    fn tx_bad_chains_are_dropped_and_counted() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        let chains: Vec<Vec<RawDescriptor>> = vec![
+            // A device-writable descriptor.
+            vec![desc(BUF, 100, WRITE, 0)],
+            // Zero length.
+            vec![desc(BUF, 0, 0, 0)],
+            // Shorter than the header.
+            vec![desc(BUF, 10, 0, 0)],
+            // Outside guest memory, and straddling its end.
+            vec![desc(0x1000_0000, 100, 0, 0)],
+            vec![desc(MEM_SIZE - 10, 100, 0, 0)],
+            // One byte over the limit.
+            vec![
+                desc(BUF, 0x8000, NEXT, 0),
+                desc(BUF, (MAX_BUFFER_LEN - 0x8000 + 1) as u32, 0, 0),
+            ],
+            // A loop (a -> b -> a), and a `next` outside the table.
+            vec![desc(BUF, 20, NEXT, 0), desc(BUF, 20, NEXT, 0)],
+            vec![desc(BUF, 20, NEXT, 200)],
+        ];
+        let mut offset = 0u16;
+        for chain in chains {
+            let n = chain.len() as u16;
+            // Link each chain's descriptors to their absolute indices.
+            let linked: Vec<RawDescriptor> = chain
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let d = SplitDescriptor::from(*d);
+                    let next = if d.next() == 200 {
+                        200
+                    } else if i + 1 < chain.len() {
+                        offset + i as u16 + 1
+                    } else {
+                        offset // loops back to the head
+                    };
+                    desc(d.addr().0, d.len(), d.flags(), next)
+                })
+                .collect();
+            r.txq.add_desc_chains(&linked, offset).unwrap();
+            offset += n;
+        }
+        // An avail entry naming a descriptor past the table.
+        let avail_idx = r.txq.avail().idx().load();
+        r.txq
+            .avail()
+            .ring()
+            .ref_at(avail_idx as usize)
+            .unwrap()
+            .store(300);
+        r.txq.avail().idx().store(avail_idx + 1);
+        // And a good frame after all of that.
+        r.mem
+            .write_slice(&pattern(64, 5), GuestAddress(BUF + 0x100))
+            .unwrap();
+        r.txq
+            .add_desc_chains(&[desc(BUF + 0x100 - NET_HDR_LEN as u64, 76, 0, 0)], offset)
+            .unwrap();
+
+        let mut out = Frames::default();
+        assert_eq!(r.net.process_tx(&mut out).unwrap(), 1);
+        assert_eq!(out.0, vec![pattern(64, 5)]);
+        let s = r.net.stats();
+        assert_eq!(s.tx_wrong_direction, 1);
+        assert_eq!(s.tx_too_short, 2);
+        assert_eq!(s.tx_bad_address, 2);
+        assert_eq!(s.tx_too_long, 1);
+        assert_eq!(s.tx_malformed, 3);
+        assert_eq!(s.bad_heads, 1, "head 300 cannot go on the used ring");
+        // Every chain but the bogus head came back, with length 0.
+        assert_eq!(used_idx(r.mem, TX_USED), 9);
+        for i in 0..9 {
+            assert_eq!(used(r.mem, TX_USED, i).1, 0);
+        }
+        assert_eq!(r.irq.count(), 1);
+    }
+
+    #[test]
+    fn tx_inconsistent_avail_ring_is_an_error() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        r.txq.avail().idx().store(QSIZE + 1);
+        let mut out = Frames::default();
+        assert!(matches!(r.net.process_tx(&mut out), Err(Error::Queue(_))));
+        assert_eq!(r.net.stats().ring_errors, 1);
+    }
+
+    /// Reads `len` bytes of an RX chain's buffers back in order.
+    fn read_back(mem: &GuestMemoryMmap, bufs: &[(u64, usize)], len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &(addr, cap) in bufs {
+            let n = cap.min(len - out.len());
+            let mut b = vec![0; n];
+            mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+            out.extend(b);
+        }
+        out
+    }
+
+    #[test]
+    fn rx_frame_into_one_buffer() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        assert!(!r.net.rx_has_buffer());
+        r.rxq
+            .add_desc_chains(&[desc(BUF, 2048, WRITE, 0)], 0)
+            .unwrap();
+        assert!(r.net.rx_has_buffer());
+        let frame = pattern(60, 2);
+        assert!(r.net.deliver(&frame).unwrap());
+        assert_eq!(used_idx(r.mem, RX_USED), 1);
+        assert_eq!(used(r.mem, RX_USED, 0), (0, 72));
+        let got = read_back(r.mem, &[(BUF, 2048)], 72);
+        assert_eq!(got[..NET_HDR_LEN], RX_HEADER);
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+        assert_eq!(got[NET_HDR_LEN..], frame[..]);
+        assert_eq!(r.irq.count(), 1);
+        assert_eq!((r.net.stats().rx_frames, r.net.stats().rx_bytes), (1, 60));
+        assert!(!r.net.rx_has_buffer());
+    }
+
+    #[test]
+    fn rx_frame_spans_descriptors() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        // The header itself is split, and so is the frame.
+        let bufs = [(BUF, 10usize), (BUF + 0x100, 20), (BUF + 0x200, 100)];
+        r.rxq
+            .add_desc_chains(
+                &[
+                    desc(bufs[0].0, 10, WRITE | NEXT, 1),
+                    desc(bufs[1].0, 20, WRITE | NEXT, 2),
+                    desc(bufs[2].0, 100, WRITE, 0),
+                ],
+                0,
+            )
+            .unwrap();
+        let frame = pattern(50, 4);
+        assert_eq!(r.net.try_deliver(&frame).unwrap(), RxOutcome::Delivered);
+        assert_eq!(r.irq.count(), 0, "try_deliver does not interrupt");
+        assert!(r.net.signal_rx().unwrap());
+        assert!(!r.net.signal_rx().unwrap(), "nothing new");
+        assert_eq!(r.irq.count(), 1);
+        assert_eq!(used(r.mem, RX_USED, 0), (0, 62));
+        let got = read_back(r.mem, &bufs, 62);
+        assert_eq!(got[..NET_HDR_LEN], RX_HEADER);
+        assert_eq!(got[NET_HDR_LEN..], frame[..]);
+    }
+
+    #[test]
+    fn rx_largest_frame_across_many_descriptors() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        let descs: Vec<RawDescriptor> = (0..9u16)
+            .map(|i| {
+                let flags = if i < 8 { WRITE | NEXT } else { WRITE };
+                desc(BUF + u64::from(i) * 0x2000, 0x2000, flags, i + 1)
+            })
+            .collect();
+        r.rxq.add_desc_chains(&descs, 0).unwrap();
+        let frame = pattern(MAX_FRAME_LEN, 6);
+        assert!(r.net.deliver(&frame).unwrap());
+        assert_eq!(used(r.mem, RX_USED, 0), (0, MAX_BUFFER_LEN as u32));
+        let got = read_back(r.mem, &[(BUF, 9 * 0x2000)], MAX_BUFFER_LEN);
+        assert_eq!(got[NET_HDR_LEN..], frame[..]);
+    }
+
+    #[test]
+    fn rx_without_buffers_or_room() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        assert!(!r.net.deliver(&pattern(60, 0)).unwrap());
+        assert_eq!(r.net.stats().rx_no_buffer, 1);
+        assert_eq!(
+            r.net.try_deliver(&vec![0; MAX_FRAME_LEN + 1]).unwrap(),
+            RxOutcome::TooLarge
+        );
+        // A 30-byte buffer: a 60-byte frame does not fit, and the buffer stays for the
+        // next frame, which does.
+        r.rxq
+            .add_desc_chains(&[desc(BUF, 30, WRITE, 0)], 0)
+            .unwrap();
+        assert_eq!(
+            r.net.try_deliver(&pattern(60, 0)).unwrap(),
+            RxOutcome::TooLarge
+        );
+        assert_eq!(used_idx(r.mem, RX_USED), 0);
+        assert_eq!(r.net.stats().rx_too_large, 2);
+        assert!(r.net.deliver(&pattern(18, 0)).unwrap());
+        assert_eq!(used(r.mem, RX_USED, 0), (0, 30));
+        assert_eq!(r.irq.count(), 1);
+    }
+
+    #[test]
+    fn rx_bad_chains_are_dropped_and_the_next_one_used() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        // Device-readable, outside memory, a loop of tiny buffers, then a good one.
+        r.rxq.add_desc_chains(&[desc(BUF, 2048, 0, 0)], 0).unwrap();
+        r.rxq
+            .add_desc_chains(&[desc(0x1000_0000, 2048, WRITE, 0)], 1)
+            .unwrap();
+        r.rxq
+            .add_desc_chains(
+                &[desc(BUF, 4, WRITE | NEXT, 3), desc(BUF, 4, WRITE | NEXT, 2)],
+                2,
+            )
+            .unwrap();
+        r.rxq
+            .add_desc_chains(&[desc(BUF + 0x1000, 2048, WRITE, 0)], 4)
+            .unwrap();
+        let frame = pattern(100, 8);
+        assert!(r.net.deliver(&frame).unwrap());
+        let s = r.net.stats();
+        assert_eq!(
+            (s.rx_wrong_direction, s.rx_bad_address, s.rx_malformed),
+            (1, 1, 1)
+        );
+        assert_eq!(used_idx(r.mem, RX_USED), 4);
+        assert_eq!(used(r.mem, RX_USED, 0), (0, 0));
+        assert_eq!(used(r.mem, RX_USED, 1), (1, 0));
+        assert_eq!(used(r.mem, RX_USED, 2), (2, 0));
+        assert_eq!(used(r.mem, RX_USED, 3), (4, 112));
+        let got = read_back(r.mem, &[(BUF + 0x1000, 2048)], 112);
+        assert_eq!(got[NET_HDR_LEN..], frame[..]);
+        assert_eq!(r.irq.count(), 1);
+    }
+
+    #[test]
+    fn rx_zero_length_buffer_has_no_room() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        r.rxq.add_desc_chains(&[desc(BUF, 0, WRITE, 0)], 0).unwrap();
+        assert!(!r.net.deliver(&pattern(10, 0)).unwrap());
+        // A zero-length, well-formed chain has no room: it stays posted.
+        assert_eq!(r.net.stats().rx_too_large, 1);
+        assert_eq!(used_idx(r.mem, RX_USED), 0);
+        assert_eq!(r.irq.count(), 0);
+    }
+}
