@@ -21,6 +21,7 @@ pub struct Fabric {
     rx: Vec<Option<RxBuf>>,
     interest: Vec<u32>,
     dirty: Vec<PortId>,
+    local_dirty: Vec<PortId>,
     capture: Option<Capture>,
     /// The time of the event being handled.
     pub now: Instant,
@@ -37,6 +38,7 @@ impl Fabric {
             rx: Vec::new(),
             interest: Vec::new(),
             dirty: Vec::new(),
+            local_dirty: Vec::new(),
             capture,
             now: Instant::now(),
             runts: 0,
@@ -147,8 +149,20 @@ impl Fabric {
     fn send_on(&mut self, q: PortId, frame: &[u8]) {
         if let Some(p) = self.ports.get_mut(q) {
             p.send(frame);
+            if matches!(p, Port::Local(_)) && !self.local_dirty.contains(&q) {
+                self.local_dirty.push(q);
+            }
             if p.wants_write() && self.interest.get(q).is_some_and(|i| i & EPOLLOUT == 0) {
                 self.dirty.push(q);
+            }
+        }
+    }
+
+    /// Ends the batch of frames sent to local peers: one guest interrupt each.
+    pub fn flush_local(&mut self) {
+        for q in std::mem::take(&mut self.local_dirty) {
+            if let Some(p) = self.ports.get_mut(q) {
+                let _ = p.flush();
             }
         }
     }

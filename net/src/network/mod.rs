@@ -196,6 +196,14 @@ impl Network {
         Ok(net)
     }
 
+    /// Attaches a device of this process (a VMM's virtio-net) as a port; call before
+    /// [`Network::run`].
+    pub fn attach(&mut self, peer: Box<dyn crate::port::LocalPeer>) -> usize {
+        let id = self.fabric.add_port(Port::Local(peer));
+        tracing::info!("port {id}: virtio-net device");
+        id
+    }
+
     /// The address the gateway stands for on the host.
     pub fn host_address(&self) -> Ipv4Addr {
         self.tr.host
@@ -537,6 +545,7 @@ impl Network {
             sink: fabric,
         };
         tcp.flush_acks(&mut env);
+        self.fabric.flush_local();
         self.fabric.update_interest(&mut reg);
     }
 

@@ -35,12 +35,32 @@ pub struct PortStats {
     pub rx_malformed: u64,
 }
 
+/// The peer of a port that lives in this process: a VMM's virtio-net device, whose guest
+/// memory the network reads and writes through it.
+pub trait LocalPeer {
+    /// A descriptor that becomes readable when the peer has frames for the switch (the
+    /// device's transmit-queue eventfd).
+    fn fd(&self) -> RawFd;
+    /// Clears the notification and appends the peer's frames to `rx` with
+    /// [`RxBuf::push_frame`], each copied once out of guest memory.
+    fn read(&mut self, rx: &mut RxBuf) -> io::Result<ReadStatus>;
+    /// Hands one frame to the peer (the guest's receive queue); the peer drops and counts
+    /// it when it has no room.
+    fn send(&mut self, frame: &[u8]);
+    /// Ends a batch of [`LocalPeer::send`]s: one interrupt for all of them.
+    fn flush(&mut self);
+    /// Counters.
+    fn stats(&self) -> PortStats;
+}
+
 /// One port of the switch.
 pub enum Port {
     /// A QEMU stream client.
     Stream(StreamPort),
     /// A TAP device.
     Tap(TapPort),
+    /// A device in this process.
+    Local(Box<dyn LocalPeer>),
 }
 
 /// What reading a port found.
@@ -58,6 +78,7 @@ impl Port {
         match self {
             Port::Stream(s) => s.as_raw_fd(),
             Port::Tap(t) => t.as_raw_fd(),
+            Port::Local(l) => l.fd(),
         }
     }
 
@@ -66,6 +87,7 @@ impl Port {
         match self {
             Port::Stream(s) => s.send(frame),
             Port::Tap(t) => t.send(frame),
+            Port::Local(l) => l.send(frame),
         }
     }
 
@@ -75,6 +97,7 @@ impl Port {
         match self {
             Port::Stream(s) => s.read(rx),
             Port::Tap(t) => t.read(rx),
+            Port::Local(l) => l.read(rx),
         }
     }
 
@@ -83,6 +106,10 @@ impl Port {
         match self {
             Port::Stream(s) => s.flush(),
             Port::Tap(_) => Ok(false),
+            Port::Local(l) => {
+                l.flush();
+                Ok(false)
+            }
         }
     }
 
@@ -90,7 +117,7 @@ impl Port {
     pub fn wants_write(&self) -> bool {
         match self {
             Port::Stream(s) => s.wants_write(),
-            Port::Tap(_) => false,
+            Port::Tap(_) | Port::Local(_) => false,
         }
     }
 
@@ -99,6 +126,7 @@ impl Port {
         match self {
             Port::Stream(s) => s.stats,
             Port::Tap(t) => t.stats,
+            Port::Local(l) => l.stats(),
         }
     }
 
@@ -107,6 +135,7 @@ impl Port {
         match self {
             Port::Stream(_) => "stream client".to_string(),
             Port::Tap(t) => format!("tap {}", t.name()),
+            Port::Local(_) => "virtio-net device".to_string(),
         }
     }
 }
@@ -134,6 +163,34 @@ impl RxBuf {
         if self.buf.len() < Self::CAPACITY {
             self.buf.resize(Self::CAPACITY, 0);
         }
+    }
+
+    /// Most bytes a buffer grows to when a local peer hands over a burst of frames: a full
+    /// 256-entry virtqueue of the largest frames.
+    pub const MAX_CAPACITY: usize = 256 * (4 + MAX_FRAME);
+
+    /// Appends one frame, length-prefixed; false (the frame is dropped) when it is larger
+    /// than [`MAX_FRAME`] or the buffer is at [`RxBuf::MAX_CAPACITY`].
+    pub fn push_frame(&mut self, frame: &[u8]) -> bool {
+        if frame.len() > MAX_FRAME {
+            return false;
+        }
+        self.ensure_capacity();
+        if self.buf.len() - self.end < 4 + frame.len() {
+            self.compact();
+            let need = self.end + 4 + frame.len();
+            if need > self.buf.len() {
+                if need > Self::MAX_CAPACITY {
+                    return false;
+                }
+                self.buf
+                    .resize(need.next_power_of_two().min(Self::MAX_CAPACITY), 0);
+            }
+        }
+        self.buf[self.end..self.end + 4].copy_from_slice(&(frame.len() as u32).to_be_bytes());
+        self.buf[self.end + 4..self.end + 4 + frame.len()].copy_from_slice(frame);
+        self.end += 4 + frame.len();
+        true
     }
 
     /// Moves the unread bytes to the front so the next read has room.

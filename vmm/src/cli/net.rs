@@ -38,9 +38,6 @@ pub struct NetworkArgs {
     /// Static DHCP host: MAC,IP[,NAME]. Repeatable.
     #[arg(long, value_name = "MAC,IP[,NAME]", value_parser = |s: &str| s.parse::<StaticHost>())]
     dhcp_host: Vec<StaticHost>,
-    /// Port forward from the host: tcp|udp:[HOSTADDR:]HOSTPORT:GUESTIP:GUESTPORT. Repeatable.
-    #[arg(long, value_name = "SPEC", value_parser = |s: &str| s.parse::<PortForward>())]
-    forward: Vec<PortForward>,
     /// DNS upstream resolver ADDR[:PORT]; repeatable; default: /etc/resolv.conf's.
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_dns_upstream)]
     dns_upstream: Vec<std::net::SocketAddr>,
@@ -70,6 +67,9 @@ pub struct ServeArgs {
     /// Record every frame the switch carries in this pcap file.
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+    /// Port forward from the host: tcp|udp:[HOSTADDR:]HOSTPORT:GUESTIP:GUESTPORT. Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = |s: &str| s.parse::<PortForward>())]
+    forward: Vec<PortForward>,
     #[command(flatten)]
     network: NetworkArgs,
 }
@@ -92,6 +92,11 @@ fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
 }
 
 impl NetworkArgs {
+    /// `--state-dir`, if given.
+    pub fn state_dir(&self) -> Option<&PathBuf> {
+        self.state_dir.as_ref()
+    }
+
     /// The configuration these flags describe (checked by `Network::new`).
     pub fn to_config(&self) -> NetworkConfig {
         let d = NetworkConfig::default();
@@ -112,7 +117,7 @@ impl NetworkArgs {
             dns_upstreams: self.dns_upstream.clone(),
             host_address: self.host_address,
             host_loopback: self.host_loopback,
-            forwards: self.forward.clone(),
+            forwards: Vec::new(),
             max_flows: self.max_flows,
             state_dir: self.state_dir.clone().unwrap_or(d.state_dir.clone()),
             ..d
@@ -127,7 +132,8 @@ pub fn run(c: NetCommand) -> anyhow::Result<()> {
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let cfg = a.network.to_config();
+    let mut cfg = a.network.to_config();
+    cfg.forwards = a.forward.clone();
     if a.socket.is_none() && a.tap.is_empty() {
         tracing::warn!("no --socket and no --tap: nothing can attach to this network");
     }

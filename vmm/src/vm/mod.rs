@@ -6,9 +6,11 @@
 
 pub mod exit;
 pub mod memory;
+pub mod net;
 pub mod vcpu;
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -64,6 +66,15 @@ pub enum Error {
     Devices(String),
 }
 
+/// What the VM's network card is attached to.
+#[derive(Clone, Debug)]
+pub enum NetMode {
+    /// No network card.
+    None,
+    /// The built-in NAT network, running in this process.
+    Nat(Box<::net::NetworkConfig>),
+}
+
 /// Everything `skiff run` needs to start a VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -77,6 +88,10 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// `--memory`, MiB.
     pub memory_mib: u64,
+    /// `--net`.
+    pub net: NetMode,
+    /// `--mac`.
+    pub mac: ::net::MacAddr,
 }
 
 impl VmConfig {
@@ -108,12 +123,13 @@ fn open(p: &PathBuf) -> Result<File, Error> {
     })
 }
 
-/// Boots the VM and runs it until it ends; returns why it ended.
+/// Boots the VM and runs it until it ends, or until `stop` (a pipe a signal handler writes)
+/// becomes readable; returns why it ended.
 ///
 /// # Errors
 /// Anything that prevents the VM from starting; once vCPUs run, problems end the VM with an
 /// [`ExitReason`] instead.
-pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
+pub fn run(cfg: &VmConfig, stop: RawFd) -> Result<ExitReason, Error> {
     let started = Instant::now();
     cfg.validate()?;
     let mut kernel_file = open(&cfg.kernel)?;
@@ -149,6 +165,24 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
             .map_err(|e| Error::Kvm(format!("KVM_SET_USER_MEMORY_REGION: {e}")))?;
     }
 
+    // Open the network before anything runs: its flags are checked, its sockets bound.
+    let mut network = match &cfg.net {
+        NetMode::None => None,
+        NetMode::Nat(nc) => Some(
+            ::net::Network::new((**nc).clone(), &::net::Attachments::default())
+                .map_err(|e| Error::Config(e.to_string()))?,
+        ),
+    };
+    let mut cmdline = cfg.cmdline.clone();
+    if network.is_some() {
+        cmdline.push(' ');
+        cmdline.push_str(&devices::virtio::mmio::cmdline_entry(
+            boot::layout::virtio_mmio_addr(0),
+            devices::virtio::mmio::MMIO_SIZE,
+            boot::layout::virtio_mmio_irq(0),
+        ));
+    }
+
     let kernel: LoadedKernel = boot::load_kernel(&mem, &mut kernel_file)?;
     let initrd = match initrd_file.as_mut() {
         Some(f) => Some(boot::load_initrd(&mem, f, kernel.kernel_end)?),
@@ -158,7 +192,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
         &mem,
         &kernel,
         &BootSpec {
-            cmdline: &cfg.cmdline,
+            cmdline: &cmdline,
             vcpus: cfg.vcpus,
             initrd,
         },
@@ -187,7 +221,44 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
     )
     .map_err(|e| Error::Devices(format!("i8042: {e}")))?;
     let pio = Arc::new(pio);
-    let mmio = Arc::new(Bus::new());
+    let mut mmio = Bus::new();
+    if let Some(network) = network.as_mut() {
+        let base = boot::layout::virtio_mmio_addr(0);
+        let irq = boot::layout::virtio_mmio_irq(0);
+        let (dev, handle) = devices::virtio::net::VirtioNet::new(devices::virtio::net::NetConfig {
+            mac: cfg.mac.octets(),
+            mtu: match &cfg.net {
+                NetMode::Nat(nc) => nc.mtu,
+                NetMode::None => 1500,
+            },
+        })
+        .map_err(|e| Error::Devices(format!("virtio-net: {e}")))?;
+        // Queue notifications become eventfd writes in KVM: the vCPU does not exit.
+        for (q, evt) in [(0u32, handle.rx_evt()), (1u32, handle.tx_evt())] {
+            vm.register_ioevent(
+                evt,
+                &kvm_ioctls::IoEventAddress::Mmio(
+                    base + devices::virtio::mmio::QUEUE_NOTIFY_OFFSET,
+                ),
+                q,
+            )
+            .map_err(|e| Error::Kvm(format!("KVM_IOEVENTFD for virtio-net queue {q}: {e}")))?;
+        }
+        let irqfd = evt()?;
+        vm.register_irqfd(&irqfd, irq)
+            .map_err(|e| Error::Kvm(format!("KVM_IRQFD for virtio-net: {e}")))?;
+        let transport =
+            devices::virtio::mmio::MmioTransport::new(Box::new(dev), mem.clone(), irqfd)
+                .map_err(|e| Error::Devices(format!("virtio-mmio: {e}")))?;
+        mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            base,
+            devices::virtio::mmio::MMIO_SIZE,
+        )
+        .map_err(|e| Error::Devices(format!("virtio-mmio: {e}")))?;
+        network.attach(Box::new(net::VirtioNetPort::new(handle)));
+    }
+    let mmio = Arc::new(mmio);
 
     let mut threads = Vec::new();
     for id in 0..cfg.vcpus {
@@ -204,35 +275,58 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
     }
     tracing::debug!("VM started in {:?}", started.elapsed());
 
-    // The event loop: for now, the VM's end (reset, vCPU exits, signals).
-    wait_for_end(&exits, &reset_evt);
-    let reason = exits.reason().unwrap_or(ExitReason::Stopped);
-    Ok(reason)
+    // The i8042's reset and the stop signals end the VM like a vCPU exit does.
+    spawn_waiter(exits.clone(), reset_evt, stop)?;
+    match network {
+        // The event loop: the NAT and the virtio-net queues, until the VM ends.
+        Some(n) => n
+            .run(exits.evt.as_raw_fd())
+            .map_err(|e| Error::Devices(format!("network: {e}")))?,
+        None => wait_for_end(&exits),
+    }
+    Ok(exits.reason().unwrap_or(ExitReason::Stopped))
 }
 
-/// Waits until a vCPU reports the end or the i8042 resets the machine.
-fn wait_for_end(exits: &Exits, reset_evt: &EventFd) {
-    use std::os::fd::AsRawFd;
-    let mut fds = [
-        libc::pollfd {
-            fd: exits.evt.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: reset_evt.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: polls two live descriptors.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
-        if fds[1].revents & libc::POLLIN != 0 {
-            exits.end(ExitReason::Reset);
-        }
-        if exits.ended() {
-            return;
-        }
+/// A thread that turns the i8042 reset and `stop` (a signal pipe) into the VM's end.
+fn spawn_waiter(exits: Arc<Exits>, reset_evt: EventFd, stop: RawFd) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name("vm-waiter".into())
+        .spawn(move || {
+            let mut fds = [
+                libc::pollfd {
+                    fd: reset_evt.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            while !exits.ended() {
+                // SAFETY: polls two live descriptors (`stop` outlives the VM).
+                unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+                if fds[0].revents & libc::POLLIN != 0 {
+                    exits.end(ExitReason::Reset);
+                } else if fds[1].revents & libc::POLLIN != 0 {
+                    exits.end(ExitReason::Stopped);
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| Error::Devices(format!("waiter thread: {e}")))
+}
+
+/// Waits until the VM ends (no network: nothing else to run).
+fn wait_for_end(exits: &Exits) {
+    let mut fds = [libc::pollfd {
+        fd: exits.evt.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    while !exits.ended() {
+        // SAFETY: polls one live descriptor.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 1000) };
     }
 }
