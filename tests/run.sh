@@ -9,7 +9,7 @@ cd "$ROOT"
 log() { printf '[run %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 PKGS=(iproute2 busybox-static python3 iperf3 qemu-system-x86 util-linux procps
-      bc flex bison libelf-dev libssl-dev cpio xz-utils make gcc)
+      bc flex bison libelf-dev libssl-dev cpio xz-utils make gcc binutils)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -36,7 +36,8 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --workspace --all-targets --release -- -D warnings
 step "unit tests (cargo test)" cargo test --release --workspace
 step "guest image (resources/build-guest.sh)" resources/build-guest.sh
-for t in tests/e2e/cli.sh tests/e2e/nat.sh tests/e2e/flow-limit.sh tests/e2e/qemu-guest.sh; do
+for t in tests/e2e/cli.sh tests/e2e/nat.sh tests/e2e/flow-limit.sh tests/e2e/qemu-guest.sh \
+         tests/e2e/vm-boot.sh tests/e2e/vm-linux-early.sh; do
   step "$t" bash "$t"
 done
 

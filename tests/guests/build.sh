@@ -2,6 +2,7 @@
 # Builds the test guests into OUT (default: a temp dir printed on stdout):
 #   boot64.elf    ELF entered at its 64-bit entry (no PVH note)
 #   boot64.bzImage  the same code as a bzImage (boot protocol 2.15, XLF_KERNEL_64)
+#   tiny-reset.elf  resets at once; tiny-idle.elf halts forever (the VMM benchmark's guests)
 set -eu -o pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:-$(mktemp -d /tmp/skiff-guests.XXXXXX)}
@@ -33,4 +34,9 @@ put(0x1f4, "I", (len(payload) + 15) // 16)    # syssize
 open(sys.argv[2], "wb").write(bytes(setup) + payload)
 PY
 rm -f "$OUT/boot64-flat.elf" "$OUT/boot64-flat.bin"
+for v in reset idle; do
+  def=(); [ $v = idle ] && def=(-DIDLE)
+  gcc -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-Ttext=0x100000 -Wl,-z,noexecstack \
+    -Wl,-N -Wl,--no-warn-rwx-segments "${def[@]}" -o "$OUT/tiny-$v.elf" "$HERE/tiny.S"
+done
 echo "$OUT"
