@@ -35,8 +35,9 @@ pub struct RunArgs {
     /// Guest memory, MiB.
     #[arg(long, value_name = "MiB", default_value_t = 256)]
     memory: u64,
-    /// The network card: `nat` (the built-in NAT, libvirt's default network) or `none`.
-    #[arg(long, value_name = "nat|none", default_value = "nat", value_parser = ["nat", "none"])]
+    /// The network card: `nat` (the built-in NAT, libvirt's default network),
+    /// `socket=PATH` (a client of `skiff net serve --socket PATH`) or `none`.
+    #[arg(long, value_name = "nat|socket=PATH|none", default_value = "nat", value_parser = parse_net)]
     net: String,
     /// The card's MAC address (default: 52:54:00 and three random bytes).
     #[arg(long, value_name = "MAC", value_parser = |s: &str| s.parse::<MacAddr>())]
@@ -46,6 +47,14 @@ pub struct RunArgs {
     forward: Vec<String>,
     #[command(flatten)]
     network: NetworkArgs,
+}
+
+fn parse_net(s: &str) -> Result<String, String> {
+    match s {
+        "nat" | "none" => Ok(s.to_string()),
+        _ if s.starts_with("socket=") && s.len() > 7 => Ok(s.to_string()),
+        _ => Err(format!("'{s}': expected nat, socket=PATH or none")),
+    }
 }
 
 /// `tcp|udp:[HOSTADDR:]HOSTPORT:GUESTPORT` to the VM at `guest`.
@@ -88,6 +97,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     let mut run_state = None;
     let net = if a.net == "none" {
         NetMode::None
+    } else if let Some(p) = a.net.strip_prefix("socket=") {
+        if !a.forward.is_empty() {
+            anyhow::bail!(
+                "--forward: forwards belong to the network: give them to skiff net serve"
+            );
+        }
+        NetMode::Socket(PathBuf::from(p))
     } else {
         let mut nc = a.network.to_config();
         // The VM has a fixed address, the first of the DHCP range, so that forwards know it.

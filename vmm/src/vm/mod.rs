@@ -73,6 +73,8 @@ pub enum NetMode {
     None,
     /// The built-in NAT network, running in this process.
     Nat(Box<::net::NetworkConfig>),
+    /// A client of the network `skiff net serve --socket PATH` runs.
+    Socket(PathBuf),
 }
 
 /// Everything `skiff run` needs to start a VM.
@@ -167,14 +169,19 @@ pub fn run(cfg: &VmConfig, stop: RawFd) -> Result<ExitReason, Error> {
 
     // Open the network before anything runs: its flags are checked, its sockets bound.
     let mut network = match &cfg.net {
-        NetMode::None => None,
         NetMode::Nat(nc) => Some(
             ::net::Network::new((**nc).clone(), &::net::Attachments::default())
                 .map_err(|e| Error::Config(e.to_string()))?,
         ),
+        _ => None,
     };
+    let bridge = match &cfg.net {
+        NetMode::Socket(p) => Some(net::SocketBridge::connect(p)?),
+        _ => None,
+    };
+    let mut card = None;
     let mut cmdline = cfg.cmdline.clone();
-    if network.is_some() {
+    if !matches!(cfg.net, NetMode::None) {
         cmdline.push(' ');
         cmdline.push_str(&devices::virtio::mmio::cmdline_entry(
             boot::layout::virtio_mmio_addr(0),
@@ -222,14 +229,14 @@ pub fn run(cfg: &VmConfig, stop: RawFd) -> Result<ExitReason, Error> {
     .map_err(|e| Error::Devices(format!("i8042: {e}")))?;
     let pio = Arc::new(pio);
     let mut mmio = Bus::new();
-    if let Some(network) = network.as_mut() {
+    if !matches!(cfg.net, NetMode::None) {
         let base = boot::layout::virtio_mmio_addr(0);
         let irq = boot::layout::virtio_mmio_irq(0);
         let (dev, handle) = devices::virtio::net::VirtioNet::new(devices::virtio::net::NetConfig {
             mac: cfg.mac.octets(),
             mtu: match &cfg.net {
                 NetMode::Nat(nc) => nc.mtu,
-                NetMode::None => 1500,
+                _ => 1500,
             },
         })
         .map_err(|e| Error::Devices(format!("virtio-net: {e}")))?;
@@ -256,7 +263,10 @@ pub fn run(cfg: &VmConfig, stop: RawFd) -> Result<ExitReason, Error> {
             devices::virtio::mmio::MMIO_SIZE,
         )
         .map_err(|e| Error::Devices(format!("virtio-mmio: {e}")))?;
-        network.attach(Box::new(net::VirtioNetPort::new(handle)));
+        card = Some(net::VirtioNetPort::new(handle));
+    }
+    if let (Some(network), Some(c)) = (network.as_mut(), card.take()) {
+        network.attach(Box::new(c));
     }
     let mmio = Arc::new(mmio);
 
@@ -277,12 +287,13 @@ pub fn run(cfg: &VmConfig, stop: RawFd) -> Result<ExitReason, Error> {
 
     // The i8042's reset and the stop signals end the VM like a vCPU exit does.
     spawn_waiter(exits.clone(), reset_evt, stop)?;
-    match network {
+    match (network, bridge, card) {
         // The event loop: the NAT and the virtio-net queues, until the VM ends.
-        Some(n) => n
+        (Some(n), _, _) => n
             .run(exits.evt.as_raw_fd())
             .map_err(|e| Error::Devices(format!("network: {e}")))?,
-        None => wait_for_end(&exits),
+        (None, Some(b), Some(c)) => b.run(c, &exits),
+        _ => wait_for_end(&exits),
     }
     Ok(exits.reason().unwrap_or(ExitReason::Stopped))
 }

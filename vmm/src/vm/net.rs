@@ -84,3 +84,94 @@ impl LocalPeer for VirtioNetPort {
         self.stats
     }
 }
+
+/// `--net socket=PATH`: the card is a client of a network that `skiff net serve --socket`
+/// runs (QEMU's stream framing). Frames are bridged on the calling thread until the VM ends.
+pub struct SocketBridge {
+    port: net::port::StreamPort,
+    path: std::path::PathBuf,
+}
+
+impl SocketBridge {
+    /// Connects to the network's socket.
+    ///
+    /// # Errors
+    /// The socket cannot be reached; the message names `--net socket=PATH`.
+    pub fn connect(path: &std::path::Path) -> Result<Self, super::Error> {
+        let s = std::os::unix::net::UnixStream::connect(path)
+            .map_err(|e| super::Error::Config(format!("--net socket={}: {e}", path.display())))?;
+        s.set_nonblocking(true)
+            .map_err(|e| super::Error::Config(format!("--net socket={}: {e}", path.display())))?;
+        Ok(SocketBridge {
+            port: net::port::StreamPort::new(s),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Moves frames both ways until `exits` says the VM ended.
+    pub fn run(mut self, mut card: VirtioNetPort, exits: &super::exit::Exits) {
+        let mut from_net = RxBuf::default();
+        let mut from_guest = RxBuf::default();
+        let mut connected = true;
+        while !exits.ended() {
+            let sock_events = if !connected {
+                0
+            } else if self.port.wants_write() {
+                libc::POLLIN | libc::POLLOUT
+            } else {
+                libc::POLLIN
+            };
+            let mut fds = [
+                libc::pollfd {
+                    fd: exits.evt.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: card.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: if connected { self.port.as_raw_fd() } else { -1 },
+                    events: sock_events,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: polls live descriptors (a negative fd is ignored by poll).
+            unsafe { libc::poll(fds.as_mut_ptr(), 3, 1000) };
+            if fds[1].revents & libc::POLLIN != 0 {
+                let _ = card.read(&mut from_guest);
+                while let Ok(Some(frame)) = from_guest.next_frame() {
+                    if connected {
+                        self.port.send(frame);
+                    }
+                }
+            }
+            if connected && fds[2].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                let open = matches!(self.port.read(&mut from_net), Ok(ReadStatus::Open));
+                loop {
+                    match from_net.next_frame() {
+                        Ok(Some(frame)) => card.send(frame),
+                        Ok(None) => break,
+                        Err(_) => {
+                            connected = false;
+                            break;
+                        }
+                    }
+                }
+                card.flush();
+                if !open || !connected {
+                    connected = false;
+                    tracing::warn!(
+                        "--net socket={}: the network went away",
+                        self.path.display()
+                    );
+                }
+            }
+            if connected && self.port.wants_write() && self.port.flush().is_err() {
+                connected = false;
+            }
+        }
+    }
+}
