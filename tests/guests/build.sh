@@ -2,6 +2,7 @@
 # Builds the test guests into OUT (default: a temp dir printed on stdout):
 #   boot64.elf    ELF entered at its 64-bit entry (no PVH note)
 #   boot64.bzImage  the same code as a bzImage (boot protocol 2.15, XLF_KERNEL_64)
+#   virtio-net.elf  a virtio-net driver that gets a DHCP OFFER from the NAT, interrupt-driven
 #   tiny-reset.elf  resets at once; tiny-idle.elf halts forever (the VMM benchmark's guests)
 set -eu -o pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -11,6 +12,8 @@ gcc -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-Ttext=0x100000 -Wl,-z,noe
   -o "$OUT/boot64.elf" "$HERE/boot64.S"
 gcc -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-Ttext=0x100000 -Wl,-z,noexecstack -Wl,-N -Wl,--no-warn-rwx-segments \
   -DBZIMAGE -o "$OUT/boot64-flat.elf" "$HERE/boot64.S"
+gcc -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-Ttext=0x100000 -Wl,-z,noexecstack -Wl,-N -Wl,--no-warn-rwx-segments \
+  -o "$OUT/virtio-net.elf" "$HERE/virtio-net.S"
 objcopy -O binary "$OUT/boot64-flat.elf" "$OUT/boot64-flat.bin"
 python3 - "$OUT/boot64-flat.bin" "$OUT/boot64.bzImage" <<'PY'
 import struct, sys

@@ -9,7 +9,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     cli::init_logging();
-    match cli::run() {
+    let result = cli::run();
+    // The console's raw mode never outlives skiff, whichever way `run` ended.
+    vmm::vm::console::restore_terminal();
+    match result {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("skiff: {e:#}");

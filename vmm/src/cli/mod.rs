@@ -23,10 +23,16 @@ enum Command {
     Net(net::NetCommand),
 }
 
-/// Logs go to stderr; `RUST_LOG` filters them (default: info).
+/// Logs go to stderr; `RUST_LOG` filters them (default: info; warn for `skiff run`, whose
+/// terminal is the guest's console).
 pub fn init_logging() {
+    let default = if std::env::args().nth(1).as_deref() == Some("run") {
+        "warn"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -437,7 +437,10 @@ mod tests {
         assert_eq!(parse_exit_line(b"skiff-guest: exit=42\r"), Some(42));
         assert_eq!(parse_exit_line(b"  skiff-guest: exit=7 \t"), Some(7));
         assert_eq!(parse_exit_line(b"skiff-guest: exit=-1"), Some(-1));
-        assert_eq!(parse_exit_line(b"skiff-guest: exit=2147483647"), Some(i32::MAX));
+        assert_eq!(
+            parse_exit_line(b"skiff-guest: exit=2147483647"),
+            Some(i32::MAX)
+        );
         for bad in [
             &b"skiff-guest: exit="[..],
             b"skiff-guest: exit=2147483648",
@@ -451,7 +454,12 @@ mod tests {
             b"skiff-guest: lease failed",
             b"",
         ] {
-            assert_eq!(parse_exit_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_exit_line(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -478,7 +486,10 @@ mod tests {
         let mut w = ExitLineWatcher::default();
         assert_eq!(w.feed(b"skiff-guest: exit=5"), None);
         assert_eq!(w.feed(b"\n"), Some(5));
-        assert_eq!(w.feed(b"skiff-guest: exit=1\nskiff-guest: exit=9\n"), Some(9));
+        assert_eq!(
+            w.feed(b"skiff-guest: exit=1\nskiff-guest: exit=9\n"),
+            Some(9)
+        );
         assert_eq!(w.feed(b"no exit line here\n"), None);
     }
 
@@ -538,7 +549,10 @@ mod tests {
             b"hello\r\nskiff-guest: exit=17\r\n"
         );
         assert_eq!(status.get(), Some(17));
-        assert_eq!(status.exit_reason(ExitReason::Reset), ExitReason::Status(17));
+        assert_eq!(
+            status.exit_reason(ExitReason::Reset),
+            ExitReason::Status(17)
+        );
         assert_eq!(status.exit_reason(ExitReason::Stopped), ExitReason::Stopped);
         let fault = ExitReason::TripleFault { vcpu: 0, rip: 1 };
         assert_eq!(status.exit_reason(fault.clone()), fault);

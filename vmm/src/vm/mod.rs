@@ -4,6 +4,7 @@
 //! [`run`] checks the whole configuration and opens every file before it touches KVM, so a
 //! bad flag or path fails with nothing started.
 
+pub mod console;
 pub mod exit;
 pub mod memory;
 pub mod net;
@@ -212,9 +213,19 @@ pub fn run(cfg: &VmConfig, stop: RawFd) -> Result<ExitReason, Error> {
     let com1_irq = evt()?;
     vm.register_irqfd(&com1_irq, COM1_IRQ)
         .map_err(|e| Error::Kvm(format!("KVM_IRQFD for COM1: {e}")))?;
-    let serial = devices::serial::SerialDevice::new(com1_irq, Box::new(std::io::stdout()));
-    pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT, 8)
+    // The console: output to stdout, watched for the guest command's exit status; stdin in.
+    let guest_status = console::GuestStatus::default();
+    let serial = Arc::new(Mutex::new(devices::serial::SerialDevice::new(
+        com1_irq,
+        Box::new(console::ConsoleWriter::new(
+            std::io::stdout(),
+            guest_status.clone(),
+        )),
+    )));
+    pio.insert(serial.clone(), COM1_PORT, 8)
         .map_err(|e| Error::Devices(format!("COM1: {e}")))?;
+    console::spawn_input(&serial, exits.clone())
+        .map_err(|e| Error::Devices(format!("console input thread: {e}")))?;
     let reset_evt = evt()?;
     let i8042 = devices::i8042::I8042::new(
         reset_evt
@@ -295,7 +306,7 @@ pub fn run(cfg: &VmConfig, stop: RawFd) -> Result<ExitReason, Error> {
         (None, Some(b), Some(c)) => b.run(c, &exits),
         _ => wait_for_end(&exits),
     }
-    Ok(exits.reason().unwrap_or(ExitReason::Stopped))
+    Ok(guest_status.exit_reason(exits.reason().unwrap_or(ExitReason::Stopped)))
 }
 
 /// A thread that turns the i8042 reset and `stop` (a signal pipe) into the VM's end.
