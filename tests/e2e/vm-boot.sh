@@ -28,6 +28,12 @@ for k in boot64.elf boot64.bzImage; do
     grep -qx "boot: e820 0000000000100000 0000000007f00000 0000000000000001" "$WORK/$k.out"
 done
 
+# A triple fault ends skiff with a non-zero status and says so.
+timeout -k 5 60 "$SKIFF" run --kernel "$GUESTS/tiny-fault.elf" --net none --memory 64 </dev/null >"$WORK/fault.out" 2>"$WORK/fault.err"
+rc=$?
+cat "$WORK/fault.err" >&2
+check "a triple fault ends skiff non-zero with a message" bash -c "[ $rc != 0 ] && [ $rc != 124 ] && grep -q 'triple fault' $WORK/fault.err"
+
 # Bad configuration: errors name the flag or file, nothing runs.
 out=$(timeout 10 "$SKIFF" run --kernel "$WORK/missing" 2>&1); rc=$?
 check "a missing kernel is an error naming the file" bash -c "[ $rc != 0 ] && grep -q '$WORK/missing' <<<'$out'"

@@ -37,8 +37,8 @@ put(0x1f4, "I", (len(payload) + 15) // 16)    # syssize
 open(sys.argv[2], "wb").write(bytes(setup) + payload)
 PY
 rm -f "$OUT/boot64-flat.elf" "$OUT/boot64-flat.bin"
-for v in reset idle; do
-  def=(); [ $v = idle ] && def=(-DIDLE)
+for v in reset idle fault; do
+  def=(); [ $v = idle ] && def=(-DIDLE); [ $v = fault ] && def=(-DFAULT)
   gcc -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-Ttext=0x100000 -Wl,-z,noexecstack \
     -Wl,-N -Wl,--no-warn-rwx-segments "${def[@]}" -o "$OUT/tiny-$v.elf" "$HERE/tiny.S"
 done
