@@ -14,13 +14,14 @@ pub enum Error {
         reason: String,
     },
     /// An operating-system call failed; `what` says which.
-    #[error("{what}: {source}")]
+    // The cause is part of the message, so it is not also a `source` (which would print
+    // it twice in an error chain).
+    #[error("{what}: {error}")]
     Io {
         /// The operation, e.g. `open /dev/net/tun`.
         what: String,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The lease database on disk could not be read or written.
     #[error("lease database {path}: {reason}")]
@@ -48,7 +49,7 @@ impl Error {
     pub fn io(what: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             what: what.into(),
-            source,
+            error: source,
         }
     }
 }

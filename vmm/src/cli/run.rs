@@ -298,7 +298,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         cfg.initrd = cfg.initrd.or(Some(image.initrd));
     }
     let (stop_rx, stop_tx) = UnixStream::pair().context("stop pipe")?;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         let tx = stop_tx.try_clone().context("stop pipe")?;
         signal_hook::low_level::pipe::register(sig, tx).context("signal handler")?;
     }

@@ -522,7 +522,7 @@ mod tests {
         assert_eq!(w.feed(b"\n"), None);
         // The next line is read again; the buffer is a fixed array.
         assert_eq!(w.feed(b"skiff-guest: exit=6\n"), Some(6));
-        assert_eq!(std::mem::size_of::<ExitLineWatcher>(), LINE_MAX + 2 * 8);
+        assert!(std::mem::size_of::<ExitLineWatcher>() <= LINE_MAX + 16);
         // Exactly LINE_MAX bytes still fit.
         let mut line = b"skiff-guest: exit=8".to_vec();
         line.resize(LINE_MAX, b' ');

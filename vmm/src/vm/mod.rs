@@ -43,12 +43,12 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     /// A file could not be opened; names it.
-    #[error("{path}: {source}")]
+    #[error("{}: {error}", path.display())]
     File {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// /dev/kvm or a VM-wide KVM call failed.
     #[error("KVM: {0}")]
@@ -120,9 +120,9 @@ impl VmConfig {
 }
 
 fn open(p: &PathBuf) -> Result<File, Error> {
-    File::open(p).map_err(|source| Error::File {
+    File::open(p).map_err(|error| Error::File {
         path: p.clone(),
-        source,
+        error,
     })
 }
 
