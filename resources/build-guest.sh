@@ -2,15 +2,16 @@
 # Build skiff's test guest: a small Linux 6.1 kernel and a busybox initramfs,
 # both from Debian packages, cached outside the clone.
 #
-# Usage: resources/build-guest.sh [--print-paths | --print-dir | --no-build | --key | --force]
+# Usage: resources/build-guest.sh [--force] [--print-paths | --print-dir | --no-build | --key]
 #   (none)         build if not cached (progress on stderr), then print the paths
 #   --print-paths  same, but the build log goes to a file, not stderr; stdout
 #                  carries only the KEY=VALUE lines below
-#   --print-dir    build if needed, print only the artifact directory
+#   --print-dir    like --print-paths, but print only the artifact directory
 #   --no-build     print the paths if already cached, else exit 3 (for tests
 #                  that skip instead of spending minutes building)
 #   --key          print the cache key and exit
-#   --force        rebuild even if cached
+#   --force        rebuild (kernel too) even if cached; combines with the
+#                  --print-* options
 #
 # Output on stdout (shell-evaluable; a test does
 #   eval "$(resources/build-guest.sh --print-paths)"):
@@ -28,9 +29,9 @@
 # is complete (it is renamed into place at the end); concurrent callers wait
 # on a lock. Also in <dir>: kernel.config (the final .config), System.map,
 # inputs.txt, build.log, build-info.txt. The kernel is also cached on its own
-# under .../kernel/<kernel key> (the kernel part of this script, the fragment,
-# the linux-source version), so changing only guest-init.sh or guest-udhcpc.script rebuilds
-# only the initramfs, in seconds.
+# under .../guest/kernel/<kernel key> (the kernel part of this script, the
+# fragment, the linux-source version), so changing only guest-init.sh or
+# guest-udhcpc.script rebuilds only the initramfs, in seconds.
 #
 # Environment: SKIFF_CACHE, SKIFF_GUEST_JOBS (make -j, default: nproc),
 # SKIFF_GUEST_LINUX_VERSION, SKIFF_GUEST_BUSYBOX_VERSION.
@@ -38,17 +39,19 @@
 # (as root, or through `sudo -n`).
 set -euo pipefail
 
-mode=build
-case "${1:-}" in
-"") ;;
---print-paths) mode=print-paths ;;
---print-dir) mode=print-dir ;;
---no-build) mode=no-build ;;
---key) mode=key ;;
---force) mode=force ;;
--h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-*) echo "build-guest.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
-esac
+mode=build force=
+for arg in "$@"; do
+	case "$arg" in
+	--print-paths) mode=print-paths ;;
+	--print-dir) mode=print-dir ;;
+	--no-build) mode=no-build ;;
+	--key) mode=key ;;
+	--force) force=1 ;;
+	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	*) echo "build-guest.sh: unknown argument: $arg (see --help)" >&2; exit 2 ;;
+	esac
+done
+[ -z "$force" ] || [ "$mode" != no-build ] || { echo "build-guest.sh: --force with --no-build" >&2; exit 2; }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 script="$here/$(basename "${BASH_SOURCE[0]}")"
@@ -69,20 +72,24 @@ as_root() {
 	fi
 }
 
-candidate() { # candidate version of an apt package, empty if unknown
-	apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { if ($2 != "(none)") print $2 }'
+candidates() { # "package version" lines, apt's candidates (one apt-cache call: ~1 s)
+	apt-cache policy linux-source-6.1 busybox-static 2>/dev/null | awk '
+		/^[^ ]/ { pkg = $1; sub(/:$/, "", pkg) }
+		/Candidate:/ { if ($2 != "(none)") print pkg, $2 }'
 }
 
 linux_ver="${SKIFF_GUEST_LINUX_VERSION:-}"
 bb_ver="${SKIFF_GUEST_BUSYBOX_VERSION:-}"
 if [ -z "$linux_ver" ] || [ -z "$bb_ver" ]; then
 	command -v apt-cache >/dev/null || die "apt-cache not found (this script needs Debian's apt)"
-	if [ -z "$(candidate linux-source-6.1)" ] || [ -z "$(candidate busybox-static)" ]; then
+	cands=$(candidates)
+	if [ "$(echo "$cands" | grep -c .)" != 2 ]; then
 		log "apt does not know linux-source-6.1/busybox-static: running apt-get update"
 		as_root apt-get -o DPkg::Lock::Timeout=600 update >&2
+		cands=$(candidates)
 	fi
-	: "${linux_ver:=$(candidate linux-source-6.1)}"
-	: "${bb_ver:=$(candidate busybox-static)}"
+	: "${linux_ver:=$(echo "$cands" | awk '$1 == "linux-source-6.1" { print $2 }')}"
+	: "${bb_ver:=$(echo "$cands" | awk '$1 == "busybox-static" { print $2 }')}"
 	[ -n "$linux_ver" ] || die "no candidate version of linux-source-6.1"
 	[ -n "$bb_ver" ] || die "no candidate version of busybox-static"
 fi
@@ -110,7 +117,7 @@ print() {
 
 complete() { [ -s "$dir/vmlinux" ] && [ -s "$dir/bzImage" ] && [ -s "$dir/initramfs.cpio.gz" ]; }
 
-if [ "$mode" != force ] && complete; then print; exit 0; fi
+if [ -z "$force" ] && complete; then print; exit 0; fi
 if [ "$mode" = no-build ]; then
 	log "guest image $key is not built (run resources/build-guest.sh)"
 	exit 3
@@ -122,7 +129,7 @@ if ! flock -n 9; then
 	log "another build of $key is running; waiting (up to 1 hour)"
 	flock -w 3600 9 || die "timed out waiting for the lock $cache/$key.lock"
 fi
-if [ "$mode" != force ] && complete; then print; exit 0; fi
+if [ -z "$force" ] && complete; then print; exit 0; fi
 
 work="$cache/.build-$key-$$"
 rm -rf "$work"
@@ -152,9 +159,10 @@ download() { # download and unpack one package version into $work/$1
 	rm -rf "$work/deb-$1"
 }
 
+kernel_cached() { [ -s "$kdir/vmlinux" ] && [ -s "$kdir/bzImage" ] && [ -x "$kdir/gen_init_cpio" ]; }
+
 build_kernel() {
 	local start end
-	[ -s "$kdir/vmlinux" ] && [ -s "$kdir/bzImage" ] && [ -x "$kdir/gen_init_cpio" ] && return 0
 	start=$(date +%s)
 	log "building kernel $kkey (linux-source-6.1 $linux_ver)"
 	download linux-source-6.1 "$linux_ver"
@@ -170,16 +178,22 @@ build_kernel() {
 	"${kmake[@]}" tinyconfig
 	cat "$fragment" >>"$src/.config"
 	"${kmake[@]}" olddefconfig
+	# Every "CONFIG_X=y" of the fragment must be =y now, every
+	# "# CONFIG_X is not set" must not be set.
 	local opt bad=()
 	while read -r opt; do
-		grep -qx "$opt=y" "$src/.config" || bad+=("$opt")
-	done < <(sed -n 's/^\(CONFIG_[A-Za-z0-9_]*\)=y[[:space:]]*$/\1/p' "$fragment")
-	if [ ${#bad[@]} -gt 0 ]; then
-		for opt in "${bad[@]}"; do
+		if ! grep -qx "$opt=y" "$src/.config"; then
 			log "error: $opt was requested =y but is '$(grep -E "^$opt=|^# $opt is not set" "$src/.config" || echo absent)' after olddefconfig (a dependency is missing)"
-		done
-		die "kernel config: ${#bad[@]} requested option(s) not =y: ${bad[*]}"
-	fi
+			bad+=("$opt")
+		fi
+	done < <(sed -n 's/^\(CONFIG_[A-Za-z0-9_]*\)=y[[:space:]]*$/\1/p' "$fragment")
+	while read -r opt; do
+		if grep -q "^$opt=" "$src/.config"; then
+			log "error: $opt was requested off but is '$(grep "^$opt=" "$src/.config")' after olddefconfig (something selects it)"
+			bad+=("$opt")
+		fi
+	done < <(sed -n 's/^# \(CONFIG_[A-Za-z0-9_]*\) is not set[[:space:]]*$/\1/p' "$fragment")
+	[ ${#bad[@]} = 0 ] || die "kernel config: ${#bad[@]} requested option(s) not as asked: ${bad[*]}"
 	log "kernel config ok; building with -j$jobs"
 	nice -n 10 "${kmake[@]}" -j"$jobs" bzImage
 	# gen_init_cpio makes device nodes without root and with a fixed mtime.
@@ -221,6 +235,11 @@ build_initramfs() {
 	[ -x "$bb" ] || die "busybox not found in busybox-static_$bb_ver"
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$work/passwd"
 	printf 'root:x:0:\n' >"$work/group"
+	cp "$init" "$work/init"
+	cp "$udhcpc_script" "$work/udhcpc.script"
+	# gen_init_cpio takes regular files' mtimes from the files: fix them,
+	# so the same inputs give the same bytes.
+	touch -d @0 "$work/passwd" "$work/group" "$work/init" "$work/udhcpc.script" "$bb"
 	{
 		echo "dir /dev 0755 0 0"
 		echo "nod /dev/console 0600 0 0 c 5 1"
@@ -235,8 +254,8 @@ build_initramfs() {
 			case "$a" in busybox | linuxrc | init) continue ;; esac
 			echo "slink /bin/$a busybox 0777 0 0"
 		done
-		echo "file /init $init 0755 0 0"
-		echo "file /etc/udhcpc.script $udhcpc_script 0755 0 0"
+		echo "file /init $work/init 0755 0 0"
+		echo "file /etc/udhcpc.script $work/udhcpc.script 0755 0 0"
 		echo "file /etc/passwd $work/passwd 0644 0 0"
 		echo "file /etc/group $work/group 0644 0 0"
 	} >"$list"
@@ -253,7 +272,7 @@ build() {
 	(
 		exec 8>"$cache/kernel/$kkey.lock"
 		flock -w 3600 8 || die "timed out waiting for the lock $cache/kernel/$kkey.lock"
-		build_kernel
+		if [ -n "$force" ] || ! kernel_cached; then build_kernel; fi
 	)
 	for f in vmlinux bzImage kernel.config System.map; do
 		ln "$kdir/$f" "$work/out/$f" 2>/dev/null || cp "$kdir/$f" "$work/out/$f"
@@ -274,8 +293,8 @@ logfile="$work/build.log"
 # errexit is ignored inside `if ! (...)`, so run the subshell unchecked and
 # look at its status afterwards.
 set +e
-if [ "$mode" = print-paths ]; then
-	log "building guest image $key (a few minutes; log: $cache/$key.log)"
+if [ "$mode" = print-paths ] || [ "$mode" = print-dir ]; then
+	log "building guest image $key (minutes if the kernel is not cached; log: $cache/$key.log)"
 	(set -e; build) >"$logfile" 2>&1
 	rc=$?
 	[ $rc = 0 ] || tail -n 30 "$logfile" >&2
