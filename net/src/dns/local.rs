@@ -58,7 +58,12 @@ pub fn classify(
 ) -> LocalAnswer {
     // Cheap checks on the raw header first, so that the flood of responses a spoofing guest
     // could send is dropped without decoding.
-    if query.len() < HEADER_LEN || query.get(2).is_some_and(|b| b & 0x80 != 0) {
+    if query.len() < HEADER_LEN
+        || query.len() > super::forwarder::MAX_QUERY_LEN
+        || query.get(2).is_some_and(|b| b & 0x80 != 0)
+    {
+        // Oversized queries are dropped before decoding: decoding a crafted 64 KiB message
+        // full of compression pointers costs milliseconds of the event loop.
         return LocalAnswer::Drop;
     }
     let msg = match Message::from_vec(query) {

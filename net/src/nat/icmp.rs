@@ -148,8 +148,8 @@ impl IcmpTable {
                 let s = match s {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!("icmp: socket: {e}");
-                        return false;
+                        tracing::debug!("icmp: socket: {e}");
+                        return true;
                     }
                 };
                 if sock::connect(s.as_raw_fd(), SocketAddrV4::new(target, 0)).is_err() {

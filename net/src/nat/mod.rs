@@ -158,6 +158,9 @@ pub struct NatStats {
     pub idle_closed: u64,
     /// Socket errors (connect refused, reset...).
     pub socket_errors: u64,
+    /// Frames for the gateway that nothing handles: other EtherTypes and IP protocols,
+    /// ICMP other than echo, broadcast UDP other than DHCP.
+    pub unhandled: u64,
 }
 
 /// A fixed-capacity slab of flows: indices are stable for a flow's life and reused after.
@@ -218,6 +221,12 @@ impl<T> Slab<T> {
     /// True when nothing is stored.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// One past the highest index ever used: `0..slots()` covers every stored value, for
+    /// walking the slab without allocating.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
     }
 
     /// Indices of all stored values.

@@ -132,6 +132,8 @@ pub struct TcpStats {
     pub partial_sends: u64,
     /// Guest segments after a hole, dropped.
     pub out_of_order: u64,
+    /// New flows refused because no socket could be made (out of descriptors).
+    pub socket_errors: u64,
 }
 
 struct Flow {
@@ -313,9 +315,12 @@ impl TcpTable {
         let sock = match sock::socket(libc::SOCK_STREAM, 0) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!("tcp: socket: {e}");
+                // Out of descriptors, typically: refused like a full table, counted, and
+                // logged only at debug level since a guest can cause it at will.
+                tracing::debug!("tcp: socket: {e}");
+                self.stats.socket_errors += 1;
                 send_rst_for(env, &self.tr, &mut self.ctl, seg);
-                return false;
+                return true;
             }
         };
         let fd = sock.as_raw_fd();

@@ -109,8 +109,9 @@ impl UdpTable {
                 let s = match sock::socket(libc::SOCK_DGRAM, 0) {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!("udp: socket: {e}");
-                        return false;
+                        tracing::debug!("udp: socket: {e}");
+                        self.stats.send_errors += 1;
+                        return true;
                     }
                 };
                 if let Err(e) = sock::connect(s.as_raw_fd(), target) {

@@ -137,8 +137,8 @@ impl Fabric {
             Egress::None => {}
             Egress::Port(q) => self.send_on(q, frame),
             Egress::Flood => {
-                for q in self.ports.indices() {
-                    if Some(q) != from {
+                for q in 0..self.ports.slots() {
+                    if Some(q) != from && self.ports.get(q).is_some() {
                         self.send_on(q, frame);
                     }
                 }

@@ -40,7 +40,7 @@ impl Network {
         match eth.ether_type() {
             EtherType::ARP => self.arp_input(src, eth.payload_slice()),
             EtherType::IPV4 => self.ipv4_input(src, to_us, eth.payload_slice(), ops, now),
-            _ => {}
+            _ => self.nat_stats.unhandled += 1,
         }
     }
 
@@ -51,6 +51,7 @@ impl Network {
         };
         if arp.sha != src {
             // An ARP sender that is not the frame's source is lying about someone.
+            self.nat_stats.dropped_malformed += 1;
             return;
         }
         if self.cfg.subnet.contains(arp.spa) && arp.spa != self.cfg.gateway() {
@@ -114,6 +115,7 @@ impl Network {
                     self.dhcp_input(src_mac, udp.payload());
                 } else if !to_us {
                     // Broadcast or multicast UDP other than DHCP stays on the L2 segment.
+                    self.nat_stats.unhandled += 1;
                 } else if dst == gw && dp == DNS_PORT {
                     self.dns_input(src, sp, udp.payload(), now);
                 } else {
@@ -193,6 +195,8 @@ impl Network {
                             fabric, scratch, ..
                         } = self;
                         crate::nat::FrameSink::send_frame(fabric, &scratch[..n]);
+                    } else {
+                        self.nat_stats.unhandled += 1;
                     }
                     return;
                 }
@@ -208,7 +212,8 @@ impl Network {
                     self.count_drop(dst, room);
                 }
             }
-            _ => {}
+            // Other protocols, and TCP or ICMP not addressed to the gateway's MAC.
+            _ => self.nat_stats.unhandled += 1,
         }
     }
 
@@ -217,6 +222,8 @@ impl Network {
             self.nat_stats.dropped_martian += 1;
         } else if !room {
             self.nat_stats.dropped_full += 1;
+        } else {
+            self.nat_stats.unhandled += 1;
         }
     }
 
@@ -249,7 +256,7 @@ impl Network {
                 },
                 now,
             ),
-            LocalAnswer::Drop => {}
+            LocalAnswer::Drop => self.nat_stats.dropped_malformed += 1,
         }
     }
 }

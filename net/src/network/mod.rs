@@ -75,6 +75,7 @@ pub struct Network {
     stop_fd: Option<RawFd>,
     stopping: Rc<RefCell<bool>>,
     last_housekeeping: Instant,
+    listener_paused: bool,
     scratch: Vec<u8>,
     /// Counters of the NAT as a whole.
     pub nat_stats: NatStats,
@@ -89,6 +90,7 @@ impl Network {
     /// the failure is closed again.
     pub fn new(cfg: NetworkConfig, att: &Attachments) -> Result<Self> {
         cfg.validate()?;
+        raise_fd_limit(cfg.max_flows);
         // A peer that closes its end must not kill the process through SIGPIPE.
         // SAFETY: setting a signal's disposition to ignore has no preconditions.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
@@ -189,6 +191,7 @@ impl Network {
             stop_fd: None,
             stopping: Rc::new(RefCell::new(false)),
             last_housekeeping: Instant::now(),
+            listener_paused: false,
             scratch: vec![0u8; 65536 + 64],
             nat_stats: NatStats::default(),
         };
@@ -299,6 +302,15 @@ impl Network {
         self.dns.on_timer(now);
         if now.saturating_duration_since(self.last_housekeeping) >= HOUSEKEEPING {
             self.last_housekeeping = now;
+            if std::mem::take(&mut self.listener_paused) {
+                if let Some(l) = &self.listener {
+                    reg.modify(
+                        l.as_raw_fd(),
+                        token(TokenKind::StreamListener, 0),
+                        libc::EPOLLIN as u32,
+                    );
+                }
+            }
             let Network {
                 udp, icmp, fabric, ..
             } = self;
@@ -570,7 +582,17 @@ impl Network {
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::warn!("stream: accept: {e}");
+                    // Out of descriptors, typically: the listener stays readable, so stop
+                    // polling it until the next housekeeping tick rather than spin.
+                    tracing::warn!("stream: accept: {e}; retrying in a second");
+                    if let Some(l) = &self.listener {
+                        let _ = ops.modify(Events::with_data_raw(
+                            l.as_raw_fd(),
+                            token(TokenKind::StreamListener, 0),
+                            EventSet::empty(),
+                        ));
+                    }
+                    self.listener_paused = true;
                     return;
                 }
             }
@@ -646,6 +668,33 @@ impl Registrar for NullRegistrar {
     fn add(&mut self, _: RawFd, _: u32, _: u32) {}
     fn modify(&mut self, _: RawFd, _: u32, _: u32) {}
     fn remove(&mut self, _: RawFd) {}
+}
+
+/// Every flow holds a socket: lift the soft descriptor limit to the hard one, and say so when
+/// even that is below what `--max-flows` needs (new flows then fail, counted, before the
+/// table is full).
+fn raise_fd_limit(max_flows: usize) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return;
+        }
+        if l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+    let want = max_flows as u64 + 256;
+    if (l.rlim_cur as u64) < want {
+        tracing::warn!(
+            "descriptor limit {} is below the {want} that --max-flows {max_flows} needs",
+            l.rlim_cur
+        );
+    }
 }
 
 /// The IPv4 address of the interface that holds the default route: what a UDP socket

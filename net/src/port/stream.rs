@@ -5,6 +5,7 @@
 //! Output that the peer's socket cannot take at once is queued up to [`TX_QUEUE_LIMIT`]
 //! bytes; past that whole frames are dropped and counted, never half-written.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -14,7 +15,7 @@ use super::{would_block, PortStats, ReadStatus, RxBuf, MAX_FRAME};
 use crate::error::{Error, Result};
 
 /// Output queued per client before frames are dropped, bytes.
-pub const TX_QUEUE_LIMIT: usize = 4 << 20;
+pub const TX_QUEUE_LIMIT: usize = 1 << 20;
 
 /// Bytes read from one client per readiness event before others get their turn.
 const READ_BUDGET: usize = 1 << 20;
@@ -88,8 +89,9 @@ impl Drop for StreamListener {
 /// One connected stream client.
 pub struct StreamPort {
     sock: UnixStream,
-    tx: Vec<u8>,
-    tx_start: usize,
+    /// Output the socket did not take yet: a ring that never holds more than
+    /// [`TX_QUEUE_LIMIT`] plus one frame, so a peer that reads slowly costs bounded memory.
+    tx: VecDeque<u8>,
     /// Counters.
     pub stats: PortStats,
 }
@@ -99,8 +101,7 @@ impl StreamPort {
     pub fn new(sock: UnixStream) -> Self {
         StreamPort {
             sock,
-            tx: Vec::new(),
-            tx_start: 0,
+            tx: VecDeque::new(),
             stats: PortStats::default(),
         }
     }
@@ -110,7 +111,7 @@ impl StreamPort {
     pub fn send(&mut self, frame: &[u8]) {
         let hdr = (frame.len() as u32).to_be_bytes();
         let mut written = 0;
-        if self.tx_start == self.tx.len() {
+        if self.tx.is_empty() {
             let iov = [
                 libc::iovec {
                     iov_base: hdr.as_ptr() as *mut libc::c_void,
@@ -131,52 +132,41 @@ impl StreamPort {
                 return;
             }
         }
-        let queued = self.tx.len() - self.tx_start;
-        if written == 0 && queued + 4 + frame.len() > TX_QUEUE_LIMIT {
+        if written == 0 && self.tx.len() + 4 + frame.len() > TX_QUEUE_LIMIT {
             self.stats.tx_dropped += 1;
             return;
         }
-        // A partly written frame must be finished, whatever the queue holds, or the stream
-        // loses its framing.
-        if self.tx_start > 0 && self.tx_start == self.tx.len() {
-            self.tx.clear();
-            self.tx_start = 0;
+        // A partly written frame is queued whatever the limit says, or the stream loses its
+        // framing: the ring holds at most the limit plus one frame.
+        if self.tx.capacity() == 0 {
+            self.tx.reserve_exact(TX_QUEUE_LIMIT + 4 + MAX_FRAME);
         }
-        let rest_hdr = &hdr[written.min(4)..];
-        self.tx.extend_from_slice(rest_hdr);
-        self.tx
-            .extend_from_slice(&frame[written.saturating_sub(4)..]);
+        self.tx.extend(&hdr[written.min(4)..]);
+        self.tx.extend(&frame[written.saturating_sub(4)..]);
         self.stats.tx_frames += 1;
     }
 
     /// Writes queued output; true while some remains.
     pub fn flush(&mut self) -> io::Result<bool> {
         use std::io::Write;
-        while self.tx_start < self.tx.len() {
-            match self.sock.write(&self.tx[self.tx_start..]) {
+        while !self.tx.is_empty() {
+            let (front, _) = self.tx.as_slices();
+            match self.sock.write(front) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.tx_start += n,
+                Ok(n) => {
+                    self.tx.drain(..n);
+                }
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
-        if self.tx_start == self.tx.len() {
-            self.tx.clear();
-            self.tx_start = 0;
-            // Give back memory a burst took.
-            if self.tx.capacity() > TX_QUEUE_LIMIT {
-                self.tx.shrink_to(1 << 16);
-            }
-            Ok(false)
-        } else {
-            Ok(true)
-        }
+        Ok(!self.tx.is_empty())
     }
 
     /// Whether output is queued.
     pub fn wants_write(&self) -> bool {
-        self.tx_start < self.tx.len()
+        !self.tx.is_empty()
     }
 
     /// Reads available bytes into `rx` (which keeps a partial frame between calls).
@@ -241,6 +231,29 @@ mod tests {
         b.write_all(&[0xff, 0xff]).unwrap();
         drop(b);
         assert_eq!(port.read(&mut rx).unwrap(), ReadStatus::Closed);
+    }
+
+    #[test]
+    fn a_slowly_reading_peer_cannot_grow_the_queue() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut port = StreamPort::new(a);
+        let frame = vec![1u8; 1400];
+        let mut buf = vec![0u8; 1024];
+        // Write more than the peer reads, for a long time; it always reads a little.
+        for _ in 0..20_000 {
+            port.send(&frame);
+            port.send(&frame);
+            let _ = b.read(&mut buf);
+            let _ = port.flush();
+            assert!(
+                port.tx.capacity() <= 2 * (TX_QUEUE_LIMIT + 4 + MAX_FRAME),
+                "{}",
+                port.tx.capacity()
+            );
+        }
+        assert!(port.stats.tx_dropped > 0);
     }
 
     #[test]
