@@ -689,7 +689,7 @@ fn raise_fd_limit(max_flows: usize) {
         }
     }
     let want = max_flows as u64 + 256;
-    if (l.rlim_cur as u64) < want {
+    if l.rlim_cur < want {
         tracing::warn!(
             "descriptor limit {} is below the {want} that --max-flows {max_flows} needs",
             l.rlim_cur
