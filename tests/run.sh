@@ -45,7 +45,7 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --workspace --all-targets --release -- -D warnings
 step "unit tests (cargo test)" cargo test --release --workspace
 step "guest image (resources/build-guest.sh)" resources/build-guest.sh
-for t in tests/e2e/cli.sh tests/e2e/nat.sh tests/e2e/flow-limit.sh tests/e2e/hostile.sh tests/e2e/qemu-guest.sh \
+for t in tests/e2e/cli.sh tests/e2e/nat.sh tests/e2e/flow-limit.sh tests/e2e/hostile.sh tests/e2e/qemu-guest.sh tests/e2e/vhost-user.sh \
          tests/e2e/vm-boot.sh tests/e2e/vm-virtio.sh tests/e2e/vm-linux-early.sh tests/e2e/vm-linux.sh; do
   step "$t" bash "$t"
 done

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// TAP device to attach (created if missing). Repeatable.
     #[arg(long, value_name = "NAME")]
     tap: Vec<String>,
+    /// Unix socket for a vhost-user-net frontend (QEMU `-netdev vhost-user`, Cloud
+    /// Hypervisor); each is a port, serving one frontend at a time. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    vhost_user: Vec<PathBuf>,
     /// Record every frame the switch carries in this pcap file.
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
@@ -134,15 +138,21 @@ pub fn run(c: NetCommand) -> anyhow::Result<()> {
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = a.network.to_config();
     cfg.forwards = a.forward.clone();
-    if a.socket.is_none() && a.tap.is_empty() {
-        tracing::warn!("no --socket and no --tap: nothing can attach to this network");
+    if a.socket.is_none() && a.tap.is_empty() && a.vhost_user.is_empty() {
+        tracing::warn!("no --socket, --tap or --vhost-user: nothing can attach to this network");
     }
     let att = Attachments {
         socket: a.socket.clone(),
         taps: a.tap.clone(),
         pcap: a.pcap.clone(),
     };
-    let network = Network::new(cfg, &att)?;
+    let mtu = cfg.mtu;
+    let mut network = Network::new(cfg, &att)?;
+    for p in &a.vhost_user {
+        let port = vmm::vhost_user::VhostUserPort::listen(p, vmm::vhost_user::mac_for(p), mtu)?;
+        let id = network.attach(Box::new(port));
+        tracing::info!("port {id}: vhost-user-net on {}", p.display());
+    }
     let (stop_rx, stop_tx) = UnixStream::pair().context("stop pipe")?;
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let tx = stop_tx.try_clone().context("stop pipe")?;

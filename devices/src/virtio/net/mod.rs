@@ -14,7 +14,7 @@ pub mod device;
 pub mod queues;
 
 pub use device::{NetConfig, NetHandle, VirtioNet};
-pub use queues::{NetBackend, NetQueues, NetStats, RxOutcome};
+pub use queues::{NetBackend, NetQueueLogic, NetQueues, NetStats, RxOutcome};
 
 use virtio_bindings::virtio_net::virtio_net_hdr_v1;
 

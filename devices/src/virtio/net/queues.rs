@@ -1,7 +1,11 @@
-//! The virtio-net queue logic (virtio 1.2 §5.1.6), free of any event loop.
+//! The virtio-net queue logic (virtio 1.2 §5.1.6), free of any event loop and of any
+//! transport.
 //!
-//! [`NetQueues`] owns the receive and transmit [`Queue`]s of an activated device, a view of
-//! guest memory and the device's interrupt.
+//! [`NetQueueLogic`] is the logic: it works on queues, guest memory and an interrupt passed
+//! in per call, so the in-VMM device and the vhost-user backend (whose queues and memory
+//! belong to the vhost-user crates) share it. [`NetQueues`] owns the receive and transmit
+//! [`Queue`]s of an activated in-VMM device, a view of guest memory and the device's
+//! interrupt, and forwards to it.
 //!
 //! - TX ([`NetQueues::process_tx`]): each available chain is copied once, descriptor by
 //!   descriptor, into a buffer the device owns (the guest may rewrite its memory meanwhile,
@@ -105,33 +109,28 @@ enum ChainError {
     NoRoom,
 }
 
-/// The queues of an activated virtio-net device.
-pub struct NetQueues {
-    mem: GuestMemoryMmap,
-    rx: Queue,
-    tx: Queue,
-    interrupt: Arc<dyn InterruptSignal>,
+/// The queue logic itself, on queues and memory it does not own: the TX buffer, the
+/// pending-interrupt flag and the counters. Every call names the guest memory, the queue and
+/// (where it may interrupt) the interrupt to use, so the same code serves the in-VMM device
+/// ([`NetQueues`]) and a vhost-user backend, whose queues and memory the frontend hands over.
+pub struct NetQueueLogic {
     /// Where TX chains are copied: [`MAX_BUFFER_LEN`] bytes, allocated once.
     tx_buf: Box<[u8]>,
-    /// Used RX entries were added since the last [`NetQueues::signal_rx`].
+    /// Used RX entries were added since the last [`NetQueueLogic::signal_rx`].
     rx_used_pending: bool,
     stats: NetStats,
 }
 
-impl NetQueues {
-    /// Queue work for `rx` and `tx` (configured and ready) on `mem`, interrupting through
-    /// `interrupt`.
-    pub fn new(
-        mem: GuestMemoryMmap,
-        rx: Queue,
-        tx: Queue,
-        interrupt: Arc<dyn InterruptSignal>,
-    ) -> Self {
+impl Default for NetQueueLogic {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NetQueueLogic {
+    /// Fresh logic: an empty TX buffer, zeroed counters.
+    pub fn new() -> Self {
         Self {
-            mem,
-            rx,
-            tx,
-            interrupt,
             tx_buf: vec![0; MAX_BUFFER_LEN].into_boxed_slice(),
             rx_used_pending: false,
             stats: NetStats::default(),
@@ -143,37 +142,48 @@ impl NetQueues {
         self.stats
     }
 
-    /// Sends every frame the guest made available on the TX queue to `backend`, returns
-    /// the chains, and interrupts the guest once if any were returned. Guest notifications
+    /// Forgets a pending RX interrupt (the device was reset: its queues are gone).
+    pub fn reset_pending(&mut self) {
+        self.rx_used_pending = false;
+    }
+
+    /// Sends every frame the guest made available on `tx` to `backend`, returns the chains,
+    /// and interrupts through `interrupt` once if any were returned. Guest notifications
     /// are suppressed while the queue is drained. Returns the number of frames sent.
     ///
     /// # Errors
     /// [`Error::Queue`] when the available ring is inconsistent or unreadable (the device
     /// needs a reset); [`Error::Interrupt`] when the interrupt cannot be raised.
-    pub fn process_tx<B: NetBackend + ?Sized>(&mut self, backend: &mut B) -> Result<usize> {
+    pub fn process_tx<B: NetBackend + ?Sized>(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        tx: &mut Queue,
+        interrupt: &dyn InterruptSignal,
+        backend: &mut B,
+    ) -> Result<usize> {
         let mut sent = 0;
         let mut used = false;
-        let drained = self.drain_tx(backend, &mut sent, &mut used);
+        let drained = self.drain_tx(mem, tx, backend, &mut sent, &mut used);
         if used {
-            signal(&mut self.tx, &self.mem, &*self.interrupt)?;
+            signal(tx, mem, interrupt)?;
         }
         drained.map(|()| sent)
     }
 
     fn drain_tx<B: NetBackend + ?Sized>(
         &mut self,
+        mem: &GuestMemoryMmap,
+        tx: &mut Queue,
         backend: &mut B,
         sent: &mut usize,
         used: &mut bool,
     ) -> Result<()> {
         loop {
-            self.tx
-                .disable_notification(&self.mem)
-                .map_err(Error::Queue)?;
-            while let Some(chain) = pop(&mut self.tx, &self.mem, &mut self.stats)? {
+            tx.disable_notification(mem).map_err(Error::Queue)?;
+            while let Some(chain) = pop(tx, mem, &mut self.stats)? {
                 let head = chain.head_index();
-                let read = if head < self.tx.size() {
-                    read_chain(&self.mem, chain, &mut self.tx_buf)
+                let read = if head < tx.size() {
+                    read_chain(mem, chain, &mut self.tx_buf)
                 } else {
                     Err(ChainError::Malformed)
                 };
@@ -200,47 +210,47 @@ impl NetQueues {
                     }
                 }
                 // The device wrote nothing into a TX chain: used length 0 (§2.7.8).
-                *used |= add_used(&mut self.tx, &self.mem, head, 0, &mut self.stats);
+                *used |= add_used(tx, mem, head, 0, &mut self.stats);
             }
-            if !self
-                .tx
-                .enable_notification(&self.mem)
-                .map_err(Error::Queue)?
-            {
+            if !tx.enable_notification(mem).map_err(Error::Queue)? {
                 return Ok(());
             }
         }
     }
 
-    /// Whether the guest has posted a receive buffer not used yet. Cheap: one read of the
-    /// available ring's index; use it to decide whether to read frames from the backend.
-    pub fn rx_has_buffer(&self) -> bool {
-        self.rx
-            .avail_idx(&self.mem, Ordering::Acquire)
-            .is_ok_and(|idx| idx.0 != self.rx.next_avail())
+    /// Whether the guest has posted a receive buffer on `rx` not used yet. Cheap: one read
+    /// of the available ring's index.
+    pub fn rx_has_buffer(&self, mem: &GuestMemoryMmap, rx: &Queue) -> bool {
+        rx.avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != rx.next_avail())
     }
 
     /// Writes the virtio-net header and `frame` (an Ethernet frame, at most
-    /// [`MAX_FRAME_LEN`] bytes) into the next available receive chain and puts it on the
+    /// [`MAX_FRAME_LEN`] bytes) into the next available chain of `rx` and puts it on the
     /// used ring, without interrupting the guest: call [`Self::signal_rx`] after a batch.
     /// Malformed chains met on the way are dropped (used length 0, counted) and the next
     /// one tried.
     ///
     /// # Errors
     /// [`Error::Queue`] when the available ring is inconsistent or unreadable.
-    pub fn try_deliver(&mut self, frame: &[u8]) -> Result<RxOutcome> {
+    pub fn try_deliver(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        rx: &mut Queue,
+        frame: &[u8],
+    ) -> Result<RxOutcome> {
         if frame.len() > MAX_FRAME_LEN {
             self.stats.rx_too_large += 1;
             return Ok(RxOutcome::TooLarge);
         }
         loop {
-            let Some(chain) = pop(&mut self.rx, &self.mem, &mut self.stats)? else {
+            let Some(chain) = pop(rx, mem, &mut self.stats)? else {
                 self.stats.rx_no_buffer += 1;
                 return Ok(RxOutcome::NoBuffer);
             };
             let head = chain.head_index();
-            let written = if head < self.rx.size() {
-                write_chain(&self.mem, chain, [&RX_HEADER, frame])
+            let written = if head < rx.size() {
+                write_chain(mem, chain, [&RX_HEADER, frame])
             } else {
                 Err(ChainError::Malformed)
             };
@@ -248,7 +258,7 @@ impl NetQueues {
                 Ok(len) => len,
                 Err(ChainError::NoRoom) => {
                     // Leave the buffer for a frame that fits.
-                    self.rx.go_to_previous_position();
+                    rx.go_to_previous_position();
                     self.stats.rx_too_large += 1;
                     return Ok(RxOutcome::TooLarge);
                 }
@@ -264,7 +274,7 @@ impl NetQueues {
                 }
             };
             // `len` <= MAX_BUFFER_LEN, far below u32::MAX.
-            if add_used(&mut self.rx, &self.mem, head, len as u32, &mut self.stats) {
+            if add_used(rx, mem, head, len as u32, &mut self.stats) {
                 self.rx_used_pending = true;
             }
             if len > 0 {
@@ -275,17 +285,89 @@ impl NetQueues {
         }
     }
 
-    /// Interrupts the guest if receive buffers were used since the last call (and the
-    /// driver wants to hear about it). Returns whether it interrupted.
+    /// Interrupts the guest through `interrupt` if receive buffers of `rx` were used since
+    /// the last call (and the driver wants to hear about it). Returns whether it
+    /// interrupted.
     ///
     /// # Errors
     /// [`Error::Queue`] when the ring cannot be read, [`Error::Interrupt`] when the
     /// interrupt cannot be raised.
-    pub fn signal_rx(&mut self) -> Result<bool> {
+    pub fn signal_rx(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        rx: &mut Queue,
+        interrupt: &dyn InterruptSignal,
+    ) -> Result<bool> {
         if !std::mem::take(&mut self.rx_used_pending) {
             return Ok(false);
         }
-        signal(&mut self.rx, &self.mem, &*self.interrupt)
+        signal(rx, mem, interrupt)
+    }
+}
+
+/// The queues of an activated virtio-net device: [`NetQueueLogic`] on queues, memory and
+/// an interrupt it owns.
+pub struct NetQueues {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<dyn InterruptSignal>,
+    logic: NetQueueLogic,
+}
+
+impl NetQueues {
+    /// Queue work for `rx` and `tx` (configured and ready) on `mem`, interrupting through
+    /// `interrupt`.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        rx: Queue,
+        tx: Queue,
+        interrupt: Arc<dyn InterruptSignal>,
+    ) -> Self {
+        Self {
+            mem,
+            rx,
+            tx,
+            interrupt,
+            logic: NetQueueLogic::new(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> NetStats {
+        self.logic.stats()
+    }
+
+    /// See [`NetQueueLogic::process_tx`].
+    ///
+    /// # Errors
+    /// As [`NetQueueLogic::process_tx`].
+    pub fn process_tx<B: NetBackend + ?Sized>(&mut self, backend: &mut B) -> Result<usize> {
+        self.logic
+            .process_tx(&self.mem, &mut self.tx, &*self.interrupt, backend)
+    }
+
+    /// Whether the guest has posted a receive buffer not used yet. Cheap: one read of the
+    /// available ring's index; use it to decide whether to read frames from the backend.
+    pub fn rx_has_buffer(&self) -> bool {
+        self.logic.rx_has_buffer(&self.mem, &self.rx)
+    }
+
+    /// See [`NetQueueLogic::try_deliver`].
+    ///
+    /// # Errors
+    /// As [`NetQueueLogic::try_deliver`].
+    pub fn try_deliver(&mut self, frame: &[u8]) -> Result<RxOutcome> {
+        self.logic.try_deliver(&self.mem, &mut self.rx, frame)
+    }
+
+    /// See [`NetQueueLogic::signal_rx`].
+    ///
+    /// # Errors
+    /// As [`NetQueueLogic::signal_rx`].
+    pub fn signal_rx(&mut self) -> Result<bool> {
+        self.logic
+            .signal_rx(&self.mem, &mut self.rx, &*self.interrupt)
     }
 
     /// [`Self::try_deliver`] then [`Self::signal_rx`]: delivers one frame and interrupts.
@@ -485,24 +567,108 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
     }
 
+    /// Which owner of the queues a test runs on.
+    #[derive(Debug, Clone, Copy)]
+    enum Transport {
+        /// [`NetQueues`]: the in-VMM device owns queues, memory and interrupt.
+        Owned,
+        /// [`NetQueueLogic`] on queues and memory lent per call, as the vhost-user backend
+        /// does with the frontend's vrings.
+        Lent,
+    }
+
+    const TRANSPORTS: [Transport; 2] = [Transport::Owned, Transport::Lent];
+
+    /// The calls the tests make, on either transport.
+    trait TestNet {
+        fn process_tx(&mut self, out: &mut Frames) -> Result<usize>;
+        fn rx_has_buffer(&self) -> bool;
+        fn try_deliver(&mut self, frame: &[u8]) -> Result<RxOutcome>;
+        fn signal_rx(&mut self) -> Result<bool>;
+        fn stats(&self) -> NetStats;
+        fn deliver(&mut self, frame: &[u8]) -> Result<bool> {
+            let outcome = self.try_deliver(frame)?;
+            self.signal_rx()?;
+            Ok(outcome == RxOutcome::Delivered)
+        }
+    }
+
+    impl TestNet for NetQueues {
+        fn process_tx(&mut self, out: &mut Frames) -> Result<usize> {
+            NetQueues::process_tx(self, out)
+        }
+        fn rx_has_buffer(&self) -> bool {
+            NetQueues::rx_has_buffer(self)
+        }
+        fn try_deliver(&mut self, frame: &[u8]) -> Result<RxOutcome> {
+            NetQueues::try_deliver(self, frame)
+        }
+        fn signal_rx(&mut self) -> Result<bool> {
+            NetQueues::signal_rx(self)
+        }
+        fn stats(&self) -> NetStats {
+            NetQueues::stats(self)
+        }
+    }
+
+    /// Queues behind locks and memory behind a shared handle, like the vhost-user crates'.
+    struct Lent {
+        mem: Arc<GuestMemoryMmap>,
+        rx: std::sync::Mutex<Queue>,
+        tx: std::sync::Mutex<Queue>,
+        irq: Arc<CountingIrq>,
+        logic: NetQueueLogic,
+    }
+
+    impl TestNet for Lent {
+        fn process_tx(&mut self, out: &mut Frames) -> Result<usize> {
+            let mem = &*self.mem;
+            let mut tx = self.tx.lock().unwrap();
+            self.logic.process_tx(mem, &mut tx, &*self.irq, out)
+        }
+        fn rx_has_buffer(&self) -> bool {
+            let mem = &*self.mem;
+            let rx = self.rx.lock().unwrap();
+            self.logic.rx_has_buffer(mem, &rx)
+        }
+        fn try_deliver(&mut self, frame: &[u8]) -> Result<RxOutcome> {
+            let mem = &*self.mem;
+            let mut rx = self.rx.lock().unwrap();
+            self.logic.try_deliver(mem, &mut rx, frame)
+        }
+        fn signal_rx(&mut self) -> Result<bool> {
+            let mem = &*self.mem;
+            let mut rx = self.rx.lock().unwrap();
+            self.logic.signal_rx(mem, &mut rx, &*self.irq)
+        }
+        fn stats(&self) -> NetStats {
+            self.logic.stats()
+        }
+    }
+
     struct Rig<'a> {
         mem: &'a GuestMemoryMmap,
         rxq: MockSplitQueue<'a, GuestMemoryMmap>,
         txq: MockSplitQueue<'a, GuestMemoryMmap>,
         irq: Arc<CountingIrq>,
-        net: NetQueues,
+        net: Box<dyn TestNet>,
     }
 
-    fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
+    fn rig(mem: &GuestMemoryMmap, transport: Transport) -> Rig<'_> {
         let rxq = MockSplitQueue::create(mem, GuestAddress(RX_RING), QSIZE);
         let txq = MockSplitQueue::create(mem, GuestAddress(TX_RING), QSIZE);
         let irq = Arc::new(CountingIrq::default());
-        let net = NetQueues::new(
-            mem.clone(),
-            queue(&rxq, RX_USED),
-            queue(&txq, TX_USED),
-            irq.clone(),
-        );
+        let (rx, tx) = (queue(&rxq, RX_USED), queue(&txq, TX_USED));
+        let net: Box<dyn TestNet> = match transport {
+            Transport::Owned => Box::new(NetQueues::new(mem.clone(), rx, tx, irq.clone())),
+            Transport::Lent => Box::new(Lent {
+                mem: Arc::new(mem.clone()),
+                rx: std::sync::Mutex::new(rx),
+                tx: std::sync::Mutex::new(tx),
+                irq: irq.clone(),
+                logic: NetQueueLogic::new(),
+            }),
+        };
         Rig {
             mem,
             rxq,
@@ -544,161 +710,169 @@ mod tests {
 
     #[test]
     fn tx_frame_across_descriptors() {
-        let mem = memory();
-        let mut r = rig(&mem);
-        let frame = pattern(300, 1);
-        // Header alone, then the frame in two pieces.
-        r.mem
-            .write_slice(&[0xee; NET_HDR_LEN], GuestAddress(BUF))
-            .unwrap();
-        r.mem
-            .write_slice(&frame[..100], GuestAddress(BUF + 0x1000))
-            .unwrap();
-        r.mem
-            .write_slice(&frame[100..], GuestAddress(BUF + 0x2000))
-            .unwrap();
-        r.txq
-            .add_desc_chains(
-                &[
-                    desc(BUF, NET_HDR_LEN as u32, NEXT, 1),
-                    desc(BUF + 0x1000, 100, NEXT, 2),
-                    desc(BUF + 0x2000, 200, 0, 0),
-                ],
-                0,
-            )
-            .unwrap();
-        let mut out = Frames::default();
-        assert_eq!(r.net.process_tx(&mut out).unwrap(), 1);
-        assert_eq!(out.0, vec![frame.clone()]);
-        assert_eq!(used_idx(r.mem, TX_USED), 1);
-        assert_eq!(used(r.mem, TX_USED, 0), (0, 0));
-        assert_eq!(r.irq.count(), 1);
-        assert_eq!(r.net.stats().tx_frames, 1);
-        assert_eq!(r.net.stats().tx_bytes, 300);
-        // Nothing more available: no frame, no interrupt.
-        assert_eq!(r.net.process_tx(&mut out).unwrap(), 0);
-        assert_eq!(r.irq.count(), 1);
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            let frame = pattern(300, 1);
+            // Header alone, then the frame in two pieces.
+            r.mem
+                .write_slice(&[0xee; NET_HDR_LEN], GuestAddress(BUF))
+                .unwrap();
+            r.mem
+                .write_slice(&frame[..100], GuestAddress(BUF + 0x1000))
+                .unwrap();
+            r.mem
+                .write_slice(&frame[100..], GuestAddress(BUF + 0x2000))
+                .unwrap();
+            r.txq
+                .add_desc_chains(
+                    &[
+                        desc(BUF, NET_HDR_LEN as u32, NEXT, 1),
+                        desc(BUF + 0x1000, 100, NEXT, 2),
+                        desc(BUF + 0x2000, 200, 0, 0),
+                    ],
+                    0,
+                )
+                .unwrap();
+            let mut out = Frames::default();
+            assert_eq!(r.net.process_tx(&mut out).unwrap(), 1);
+            assert_eq!(out.0, vec![frame.clone()]);
+            assert_eq!(used_idx(r.mem, TX_USED), 1);
+            assert_eq!(used(r.mem, TX_USED, 0), (0, 0));
+            assert_eq!(r.irq.count(), 1);
+            assert_eq!(r.net.stats().tx_frames, 1);
+            assert_eq!(r.net.stats().tx_bytes, 300);
+            // Nothing more available: no frame, no interrupt.
+            assert_eq!(r.net.process_tx(&mut out).unwrap(), 0);
+            assert_eq!(r.irq.count(), 1);
+        }
     }
 
     #[test]
     fn tx_header_and_frame_in_one_descriptor_and_max_size() {
-        let mem = memory();
-        let mut r = rig(&mem);
-        let small = pattern(60, 3);
-        r.mem
-            .write_slice(&small, GuestAddress(BUF + NET_HDR_LEN as u64))
-            .unwrap();
-        let big = pattern(MAX_FRAME_LEN, 9);
-        r.mem
-            .write_slice(&big, GuestAddress(BUF + 0x1_0000 + NET_HDR_LEN as u64))
-            .unwrap();
-        r.txq
-            .add_desc_chains(&[desc(BUF, (NET_HDR_LEN + 60) as u32, 0, 0)], 0)
-            .unwrap();
-        r.txq
-            .add_desc_chains(
-                &[
-                    desc(BUF + 0x1_0000, 0x8000, NEXT, 2),
-                    desc(BUF + 0x1_8000, (MAX_BUFFER_LEN - 0x8000) as u32, 0, 0),
-                ],
-                1,
-            )
-            .unwrap();
-        let mut out = Frames::default();
-        assert_eq!(r.net.process_tx(&mut out).unwrap(), 2);
-        assert_eq!(out.0[0], small);
-        assert_eq!(out.0[1], big);
-        assert_eq!(r.irq.count(), 1, "one interrupt for the batch");
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            let small = pattern(60, 3);
+            r.mem
+                .write_slice(&small, GuestAddress(BUF + NET_HDR_LEN as u64))
+                .unwrap();
+            let big = pattern(MAX_FRAME_LEN, 9);
+            r.mem
+                .write_slice(&big, GuestAddress(BUF + 0x1_0000 + NET_HDR_LEN as u64))
+                .unwrap();
+            r.txq
+                .add_desc_chains(&[desc(BUF, (NET_HDR_LEN + 60) as u32, 0, 0)], 0)
+                .unwrap();
+            r.txq
+                .add_desc_chains(
+                    &[
+                        desc(BUF + 0x1_0000, 0x8000, NEXT, 2),
+                        desc(BUF + 0x1_8000, (MAX_BUFFER_LEN - 0x8000) as u32, 0, 0),
+                    ],
+                    1,
+                )
+                .unwrap();
+            let mut out = Frames::default();
+            assert_eq!(r.net.process_tx(&mut out).unwrap(), 2);
+            assert_eq!(out.0[0], small);
+            assert_eq!(out.0[1], big);
+            assert_eq!(r.irq.count(), 1, "one interrupt for the batch");
+        }
     }
 
     #[test]
     fn tx_bad_chains_are_dropped_and_counted() {
-        let mem = memory();
-        let mut r = rig(&mem);
-        let chains: Vec<Vec<RawDescriptor>> = vec![
-            // A device-writable descriptor.
-            vec![desc(BUF, 100, WRITE, 0)],
-            // Zero length.
-            vec![desc(BUF, 0, 0, 0)],
-            // Shorter than the header.
-            vec![desc(BUF, 10, 0, 0)],
-            // Outside guest memory, and straddling its end.
-            vec![desc(0x1000_0000, 100, 0, 0)],
-            vec![desc(MEM_SIZE - 10, 100, 0, 0)],
-            // One byte over the limit.
-            vec![
-                desc(BUF, 0x8000, NEXT, 0),
-                desc(BUF, (MAX_BUFFER_LEN - 0x8000 + 1) as u32, 0, 0),
-            ],
-            // A loop (a -> b -> a), and a `next` outside the table.
-            vec![desc(BUF, 20, NEXT, 0), desc(BUF, 20, NEXT, 0)],
-            vec![desc(BUF, 20, NEXT, 200)],
-        ];
-        let mut offset = 0u16;
-        for chain in chains {
-            let n = chain.len() as u16;
-            // Link each chain's descriptors to their absolute indices.
-            let linked: Vec<RawDescriptor> = chain
-                .iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    let d = SplitDescriptor::from(*d);
-                    let next = if d.next() == 200 {
-                        200
-                    } else if i + 1 < chain.len() {
-                        offset + i as u16 + 1
-                    } else {
-                        offset // loops back to the head
-                    };
-                    desc(d.addr().0, d.len(), d.flags(), next)
-                })
-                .collect();
-            r.txq.add_desc_chains(&linked, offset).unwrap();
-            offset += n;
-        }
-        // An avail entry naming a descriptor past the table.
-        let avail_idx = r.txq.avail().idx().load();
-        r.txq
-            .avail()
-            .ring()
-            .ref_at(avail_idx as usize)
-            .unwrap()
-            .store(300);
-        r.txq.avail().idx().store(avail_idx + 1);
-        // And a good frame after all of that.
-        r.mem
-            .write_slice(&pattern(64, 5), GuestAddress(BUF + 0x100))
-            .unwrap();
-        r.txq
-            .add_desc_chains(&[desc(BUF + 0x100 - NET_HDR_LEN as u64, 76, 0, 0)], offset)
-            .unwrap();
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            let chains: Vec<Vec<RawDescriptor>> = vec![
+                // A device-writable descriptor.
+                vec![desc(BUF, 100, WRITE, 0)],
+                // Zero length.
+                vec![desc(BUF, 0, 0, 0)],
+                // Shorter than the header.
+                vec![desc(BUF, 10, 0, 0)],
+                // Outside guest memory, and straddling its end.
+                vec![desc(0x1000_0000, 100, 0, 0)],
+                vec![desc(MEM_SIZE - 10, 100, 0, 0)],
+                // One byte over the limit.
+                vec![
+                    desc(BUF, 0x8000, NEXT, 0),
+                    desc(BUF, (MAX_BUFFER_LEN - 0x8000 + 1) as u32, 0, 0),
+                ],
+                // A loop (a -> b -> a), and a `next` outside the table.
+                vec![desc(BUF, 20, NEXT, 0), desc(BUF, 20, NEXT, 0)],
+                vec![desc(BUF, 20, NEXT, 200)],
+            ];
+            let mut offset = 0u16;
+            for chain in chains {
+                let n = chain.len() as u16;
+                // Link each chain's descriptors to their absolute indices.
+                let linked: Vec<RawDescriptor> = chain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        let d = SplitDescriptor::from(*d);
+                        let next = if d.next() == 200 {
+                            200
+                        } else if i + 1 < chain.len() {
+                            offset + i as u16 + 1
+                        } else {
+                            offset // loops back to the head
+                        };
+                        desc(d.addr().0, d.len(), d.flags(), next)
+                    })
+                    .collect();
+                r.txq.add_desc_chains(&linked, offset).unwrap();
+                offset += n;
+            }
+            // An avail entry naming a descriptor past the table.
+            let avail_idx = r.txq.avail().idx().load();
+            r.txq
+                .avail()
+                .ring()
+                .ref_at(avail_idx as usize)
+                .unwrap()
+                .store(300);
+            r.txq.avail().idx().store(avail_idx + 1);
+            // And a good frame after all of that.
+            r.mem
+                .write_slice(&pattern(64, 5), GuestAddress(BUF + 0x100))
+                .unwrap();
+            r.txq
+                .add_desc_chains(&[desc(BUF + 0x100 - NET_HDR_LEN as u64, 76, 0, 0)], offset)
+                .unwrap();
 
-        let mut out = Frames::default();
-        assert_eq!(r.net.process_tx(&mut out).unwrap(), 1);
-        assert_eq!(out.0, vec![pattern(64, 5)]);
-        let s = r.net.stats();
-        assert_eq!(s.tx_wrong_direction, 1);
-        assert_eq!(s.tx_too_short, 2);
-        assert_eq!(s.tx_bad_address, 2);
-        assert_eq!(s.tx_too_long, 1);
-        assert_eq!(s.tx_malformed, 3);
-        assert_eq!(s.bad_heads, 1, "head 300 cannot go on the used ring");
-        // Every chain but the bogus head came back, with length 0.
-        assert_eq!(used_idx(r.mem, TX_USED), 9);
-        for i in 0..9 {
-            assert_eq!(used(r.mem, TX_USED, i).1, 0);
+            let mut out = Frames::default();
+            assert_eq!(r.net.process_tx(&mut out).unwrap(), 1);
+            assert_eq!(out.0, vec![pattern(64, 5)]);
+            let s = r.net.stats();
+            assert_eq!(s.tx_wrong_direction, 1);
+            assert_eq!(s.tx_too_short, 2);
+            assert_eq!(s.tx_bad_address, 2);
+            assert_eq!(s.tx_too_long, 1);
+            assert_eq!(s.tx_malformed, 3);
+            assert_eq!(s.bad_heads, 1, "head 300 cannot go on the used ring");
+            // Every chain but the bogus head came back, with length 0.
+            assert_eq!(used_idx(r.mem, TX_USED), 9);
+            for i in 0..9 {
+                assert_eq!(used(r.mem, TX_USED, i).1, 0);
+            }
+            assert_eq!(r.irq.count(), 1);
         }
-        assert_eq!(r.irq.count(), 1);
     }
 
     #[test]
     fn tx_inconsistent_avail_ring_is_an_error() {
-        let mem = memory();
-        let mut r = rig(&mem);
-        r.txq.avail().idx().store(QSIZE + 1);
-        let mut out = Frames::default();
-        assert!(matches!(r.net.process_tx(&mut out), Err(Error::Queue(_))));
-        assert_eq!(r.net.stats().ring_errors, 1);
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            r.txq.avail().idx().store(QSIZE + 1);
+            let mut out = Frames::default();
+            assert!(matches!(r.net.process_tx(&mut out), Err(Error::Queue(_))));
+            assert_eq!(r.net.stats().ring_errors, 1);
+        }
     }
 
     /// Reads `len` bytes of an RX chain's buffers back in order.
@@ -715,142 +889,154 @@ mod tests {
 
     #[test]
     fn rx_frame_into_one_buffer() {
-        let mem = memory();
-        let mut r = rig(&mem);
-        assert!(!r.net.rx_has_buffer());
-        r.rxq
-            .add_desc_chains(&[desc(BUF, 2048, WRITE, 0)], 0)
-            .unwrap();
-        assert!(r.net.rx_has_buffer());
-        let frame = pattern(60, 2);
-        assert!(r.net.deliver(&frame).unwrap());
-        assert_eq!(used_idx(r.mem, RX_USED), 1);
-        assert_eq!(used(r.mem, RX_USED, 0), (0, 72));
-        let got = read_back(r.mem, &[(BUF, 2048)], 72);
-        assert_eq!(got[..NET_HDR_LEN], RX_HEADER);
-        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
-        assert_eq!(got[NET_HDR_LEN..], frame[..]);
-        assert_eq!(r.irq.count(), 1);
-        assert_eq!((r.net.stats().rx_frames, r.net.stats().rx_bytes), (1, 60));
-        assert!(!r.net.rx_has_buffer());
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            assert!(!r.net.rx_has_buffer());
+            r.rxq
+                .add_desc_chains(&[desc(BUF, 2048, WRITE, 0)], 0)
+                .unwrap();
+            assert!(r.net.rx_has_buffer());
+            let frame = pattern(60, 2);
+            assert!(r.net.deliver(&frame).unwrap());
+            assert_eq!(used_idx(r.mem, RX_USED), 1);
+            assert_eq!(used(r.mem, RX_USED, 0), (0, 72));
+            let got = read_back(r.mem, &[(BUF, 2048)], 72);
+            assert_eq!(got[..NET_HDR_LEN], RX_HEADER);
+            assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+            assert_eq!(got[NET_HDR_LEN..], frame[..]);
+            assert_eq!(r.irq.count(), 1);
+            assert_eq!((r.net.stats().rx_frames, r.net.stats().rx_bytes), (1, 60));
+            assert!(!r.net.rx_has_buffer());
+        }
     }
 
     #[test]
     fn rx_frame_spans_descriptors() {
-        let mem = memory();
-        let mut r = rig(&mem);
-        // The header itself is split, and so is the frame.
-        let bufs = [(BUF, 10usize), (BUF + 0x100, 20), (BUF + 0x200, 100)];
-        r.rxq
-            .add_desc_chains(
-                &[
-                    desc(bufs[0].0, 10, WRITE | NEXT, 1),
-                    desc(bufs[1].0, 20, WRITE | NEXT, 2),
-                    desc(bufs[2].0, 100, WRITE, 0),
-                ],
-                0,
-            )
-            .unwrap();
-        let frame = pattern(50, 4);
-        assert_eq!(r.net.try_deliver(&frame).unwrap(), RxOutcome::Delivered);
-        assert_eq!(r.irq.count(), 0, "try_deliver does not interrupt");
-        assert!(r.net.signal_rx().unwrap());
-        assert!(!r.net.signal_rx().unwrap(), "nothing new");
-        assert_eq!(r.irq.count(), 1);
-        assert_eq!(used(r.mem, RX_USED, 0), (0, 62));
-        let got = read_back(r.mem, &bufs, 62);
-        assert_eq!(got[..NET_HDR_LEN], RX_HEADER);
-        assert_eq!(got[NET_HDR_LEN..], frame[..]);
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            // The header itself is split, and so is the frame.
+            let bufs = [(BUF, 10usize), (BUF + 0x100, 20), (BUF + 0x200, 100)];
+            r.rxq
+                .add_desc_chains(
+                    &[
+                        desc(bufs[0].0, 10, WRITE | NEXT, 1),
+                        desc(bufs[1].0, 20, WRITE | NEXT, 2),
+                        desc(bufs[2].0, 100, WRITE, 0),
+                    ],
+                    0,
+                )
+                .unwrap();
+            let frame = pattern(50, 4);
+            assert_eq!(r.net.try_deliver(&frame).unwrap(), RxOutcome::Delivered);
+            assert_eq!(r.irq.count(), 0, "try_deliver does not interrupt");
+            assert!(r.net.signal_rx().unwrap());
+            assert!(!r.net.signal_rx().unwrap(), "nothing new");
+            assert_eq!(r.irq.count(), 1);
+            assert_eq!(used(r.mem, RX_USED, 0), (0, 62));
+            let got = read_back(r.mem, &bufs, 62);
+            assert_eq!(got[..NET_HDR_LEN], RX_HEADER);
+            assert_eq!(got[NET_HDR_LEN..], frame[..]);
+        }
     }
 
     #[test]
     fn rx_largest_frame_across_many_descriptors() {
-        let mem = memory();
-        let mut r = rig(&mem);
-        let descs: Vec<RawDescriptor> = (0..9u16)
-            .map(|i| {
-                let flags = if i < 8 { WRITE | NEXT } else { WRITE };
-                desc(BUF + u64::from(i) * 0x2000, 0x2000, flags, i + 1)
-            })
-            .collect();
-        r.rxq.add_desc_chains(&descs, 0).unwrap();
-        let frame = pattern(MAX_FRAME_LEN, 6);
-        assert!(r.net.deliver(&frame).unwrap());
-        assert_eq!(used(r.mem, RX_USED, 0), (0, MAX_BUFFER_LEN as u32));
-        let got = read_back(r.mem, &[(BUF, 9 * 0x2000)], MAX_BUFFER_LEN);
-        assert_eq!(got[NET_HDR_LEN..], frame[..]);
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            let descs: Vec<RawDescriptor> = (0..9u16)
+                .map(|i| {
+                    let flags = if i < 8 { WRITE | NEXT } else { WRITE };
+                    desc(BUF + u64::from(i) * 0x2000, 0x2000, flags, i + 1)
+                })
+                .collect();
+            r.rxq.add_desc_chains(&descs, 0).unwrap();
+            let frame = pattern(MAX_FRAME_LEN, 6);
+            assert!(r.net.deliver(&frame).unwrap());
+            assert_eq!(used(r.mem, RX_USED, 0), (0, MAX_BUFFER_LEN as u32));
+            let got = read_back(r.mem, &[(BUF, 9 * 0x2000)], MAX_BUFFER_LEN);
+            assert_eq!(got[NET_HDR_LEN..], frame[..]);
+        }
     }
 
     #[test]
     fn rx_without_buffers_or_room() {
-        let mem = memory();
-        let mut r = rig(&mem);
-        assert!(!r.net.deliver(&pattern(60, 0)).unwrap());
-        assert_eq!(r.net.stats().rx_no_buffer, 1);
-        assert_eq!(
-            r.net.try_deliver(&vec![0; MAX_FRAME_LEN + 1]).unwrap(),
-            RxOutcome::TooLarge
-        );
-        // A 30-byte buffer: a 60-byte frame does not fit, and the buffer stays for the
-        // next frame, which does.
-        r.rxq
-            .add_desc_chains(&[desc(BUF, 30, WRITE, 0)], 0)
-            .unwrap();
-        assert_eq!(
-            r.net.try_deliver(&pattern(60, 0)).unwrap(),
-            RxOutcome::TooLarge
-        );
-        assert_eq!(used_idx(r.mem, RX_USED), 0);
-        assert_eq!(r.net.stats().rx_too_large, 2);
-        assert!(r.net.deliver(&pattern(18, 0)).unwrap());
-        assert_eq!(used(r.mem, RX_USED, 0), (0, 30));
-        assert_eq!(r.irq.count(), 1);
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            assert!(!r.net.deliver(&pattern(60, 0)).unwrap());
+            assert_eq!(r.net.stats().rx_no_buffer, 1);
+            assert_eq!(
+                r.net.try_deliver(&vec![0; MAX_FRAME_LEN + 1]).unwrap(),
+                RxOutcome::TooLarge
+            );
+            // A 30-byte buffer: a 60-byte frame does not fit, and the buffer stays for the
+            // next frame, which does.
+            r.rxq
+                .add_desc_chains(&[desc(BUF, 30, WRITE, 0)], 0)
+                .unwrap();
+            assert_eq!(
+                r.net.try_deliver(&pattern(60, 0)).unwrap(),
+                RxOutcome::TooLarge
+            );
+            assert_eq!(used_idx(r.mem, RX_USED), 0);
+            assert_eq!(r.net.stats().rx_too_large, 2);
+            assert!(r.net.deliver(&pattern(18, 0)).unwrap());
+            assert_eq!(used(r.mem, RX_USED, 0), (0, 30));
+            assert_eq!(r.irq.count(), 1);
+        }
     }
 
     #[test]
     fn rx_bad_chains_are_dropped_and_the_next_one_used() {
-        let mem = memory();
-        let mut r = rig(&mem);
-        // Device-readable, outside memory, a loop of tiny buffers, then a good one.
-        r.rxq.add_desc_chains(&[desc(BUF, 2048, 0, 0)], 0).unwrap();
-        r.rxq
-            .add_desc_chains(&[desc(0x1000_0000, 2048, WRITE, 0)], 1)
-            .unwrap();
-        r.rxq
-            .add_desc_chains(
-                &[desc(BUF, 4, WRITE | NEXT, 3), desc(BUF, 4, WRITE | NEXT, 2)],
-                2,
-            )
-            .unwrap();
-        r.rxq
-            .add_desc_chains(&[desc(BUF + 0x1000, 2048, WRITE, 0)], 4)
-            .unwrap();
-        let frame = pattern(100, 8);
-        assert!(r.net.deliver(&frame).unwrap());
-        let s = r.net.stats();
-        assert_eq!(
-            (s.rx_wrong_direction, s.rx_bad_address, s.rx_malformed),
-            (1, 1, 1)
-        );
-        assert_eq!(used_idx(r.mem, RX_USED), 4);
-        assert_eq!(used(r.mem, RX_USED, 0), (0, 0));
-        assert_eq!(used(r.mem, RX_USED, 1), (1, 0));
-        assert_eq!(used(r.mem, RX_USED, 2), (2, 0));
-        assert_eq!(used(r.mem, RX_USED, 3), (4, 112));
-        let got = read_back(r.mem, &[(BUF + 0x1000, 2048)], 112);
-        assert_eq!(got[NET_HDR_LEN..], frame[..]);
-        assert_eq!(r.irq.count(), 1);
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            // Device-readable, outside memory, a loop of tiny buffers, then a good one.
+            r.rxq.add_desc_chains(&[desc(BUF, 2048, 0, 0)], 0).unwrap();
+            r.rxq
+                .add_desc_chains(&[desc(0x1000_0000, 2048, WRITE, 0)], 1)
+                .unwrap();
+            r.rxq
+                .add_desc_chains(
+                    &[desc(BUF, 4, WRITE | NEXT, 3), desc(BUF, 4, WRITE | NEXT, 2)],
+                    2,
+                )
+                .unwrap();
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x1000, 2048, WRITE, 0)], 4)
+                .unwrap();
+            let frame = pattern(100, 8);
+            assert!(r.net.deliver(&frame).unwrap());
+            let s = r.net.stats();
+            assert_eq!(
+                (s.rx_wrong_direction, s.rx_bad_address, s.rx_malformed),
+                (1, 1, 1)
+            );
+            assert_eq!(used_idx(r.mem, RX_USED), 4);
+            assert_eq!(used(r.mem, RX_USED, 0), (0, 0));
+            assert_eq!(used(r.mem, RX_USED, 1), (1, 0));
+            assert_eq!(used(r.mem, RX_USED, 2), (2, 0));
+            assert_eq!(used(r.mem, RX_USED, 3), (4, 112));
+            let got = read_back(r.mem, &[(BUF + 0x1000, 2048)], 112);
+            assert_eq!(got[NET_HDR_LEN..], frame[..]);
+            assert_eq!(r.irq.count(), 1);
+        }
     }
 
     #[test]
     fn rx_zero_length_buffer_has_no_room() {
-        let mem = memory();
-        let mut r = rig(&mem);
-        r.rxq.add_desc_chains(&[desc(BUF, 0, WRITE, 0)], 0).unwrap();
-        assert!(!r.net.deliver(&pattern(10, 0)).unwrap());
-        // A zero-length, well-formed chain has no room: it stays posted.
-        assert_eq!(r.net.stats().rx_too_large, 1);
-        assert_eq!(used_idx(r.mem, RX_USED), 0);
-        assert_eq!(r.irq.count(), 0);
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            r.rxq.add_desc_chains(&[desc(BUF, 0, WRITE, 0)], 0).unwrap();
+            assert!(!r.net.deliver(&pattern(10, 0)).unwrap());
+            // A zero-length, well-formed chain has no room: it stays posted.
+            assert_eq!(r.net.stats().rx_too_large, 1);
+            assert_eq!(used_idx(r.mem, RX_USED), 0);
+            assert_eq!(r.irq.count(), 0);
+        }
     }
 }
