@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use devices::virtio::net::{NetBackend, NetQueueLogic, RxOutcome, RX_QUEUE, TX_QUEUE};
+use devices::virtio::net::{NetQueueLogic, RxOutcome, RX_QUEUE, TX_QUEUE};
 use devices::virtio::{InterruptKind, InterruptSignal};
 use net::port::{LocalPeer, PortStats, ReadStatus, RxBuf};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -207,21 +207,7 @@ impl InterruptSignal for CallFlag {
     }
 }
 
-/// Collects transmitted frames into the switch's receive buffer.
-struct Collect<'a> {
-    rx: &'a mut RxBuf,
-    stats: &'a mut PortStats,
-}
-
-impl NetBackend for Collect<'_> {
-    fn send(&mut self, frame: &[u8]) {
-        if self.rx.push_frame(frame) {
-            self.stats.rx_frames += 1;
-        } else {
-            self.stats.rx_malformed += 1;
-        }
-    }
-}
+use crate::vm::net::Collect;
 
 /// The switch side of a `--vhost-user` socket: a [`LocalPeer`] whose frontend comes and
 /// goes.

@@ -764,16 +764,7 @@ impl TcpTable {
                     window: f.adv_window(),
                     ..Default::default()
                 };
-                let n = wire::write_tcp_frame(
-                    &mut self.ctl,
-                    f.guest_mac,
-                    self.tr.gateway_mac,
-                    *f.peer.ip(),
-                    *f.guest.ip(),
-                    &fields,
-                    0,
-                );
-                env.sink.send_frame(&self.ctl[..n]);
+                emit(f, env, &self.tr, &mut self.ctl, &fields);
                 f.fin_sent = true;
                 f.host_eof = true;
                 f.snd_nxt = f.snd_nxt.wrapping_add(1);
@@ -890,16 +881,7 @@ impl TcpTable {
                     flags: F::RST | F::ACK,
                     ..Default::default()
                 };
-                let n = wire::write_tcp_frame(
-                    &mut self.ctl,
-                    f.guest_mac,
-                    self.tr.gateway_mac,
-                    *f.peer.ip(),
-                    *f.guest.ip(),
-                    &fields,
-                    0,
-                );
-                env.sink.send_frame(&self.ctl[..n]);
+                emit(&f, env, &self.tr, &mut self.ctl, &fields);
             }
         } else {
             self.stats.closed += 1;
@@ -1024,6 +1006,20 @@ fn want_out(f: &mut Flow, env: &mut Env) {
     }
 }
 
+/// Sends a segment without payload from the flow's far end to its guest.
+fn emit(f: &Flow, env: &mut Env, tr: &Translation, ctl: &mut [u8], fields: &TcpFields) {
+    let n = wire::write_tcp_frame(
+        ctl,
+        f.guest_mac,
+        tr.gateway_mac,
+        *f.peer.ip(),
+        *f.guest.ip(),
+        fields,
+        0,
+    );
+    env.sink.send_frame(&ctl[..n]);
+}
+
 fn send_ack(f: &mut Flow, env: &mut Env, tr: &Translation, ctl: &mut [u8]) {
     let wnd = f.rcv_window();
     if wnd < 4 * u32::from(f.mss) && !f.guest_fin {
@@ -1039,16 +1035,7 @@ fn send_ack(f: &mut Flow, env: &mut Env, tr: &Translation, ctl: &mut [u8]) {
         window: f.window_field(wnd),
         ..Default::default()
     };
-    let n = wire::write_tcp_frame(
-        ctl,
-        f.guest_mac,
-        tr.gateway_mac,
-        *f.peer.ip(),
-        *f.guest.ip(),
-        &fields,
-        0,
-    );
-    env.sink.send_frame(&ctl[..n]);
+    emit(f, env, tr, ctl, &fields);
     f.needs_ack = false;
 }
 
@@ -1062,16 +1049,7 @@ fn probe(f: &mut Flow, env: &mut Env, tr: &Translation, ctl: &mut [u8]) {
         window: f.adv_window(),
         ..Default::default()
     };
-    let n = wire::write_tcp_frame(
-        ctl,
-        f.guest_mac,
-        tr.gateway_mac,
-        *f.peer.ip(),
-        *f.guest.ip(),
-        &fields,
-        0,
-    );
-    env.sink.send_frame(&ctl[..n]);
+    emit(f, env, tr, ctl, &fields);
 }
 
 fn send_synack(f: &mut Flow, env: &mut Env, tr: &Translation, ctl: &mut [u8], our_mss: u16) {
@@ -1086,16 +1064,7 @@ fn send_synack(f: &mut Flow, env: &mut Env, tr: &Translation, ctl: &mut [u8], ou
         mss: Some(our_mss),
         wscale: (f.rcv_wscale > 0).then_some(f.rcv_wscale),
     };
-    let n = wire::write_tcp_frame(
-        ctl,
-        f.guest_mac,
-        tr.gateway_mac,
-        *f.peer.ip(),
-        *f.guest.ip(),
-        &fields,
-        0,
-    );
-    env.sink.send_frame(&ctl[..n]);
+    emit(f, env, tr, ctl, &fields);
 }
 
 fn send_syn(f: &mut Flow, env: &mut Env, tr: &Translation, ctl: &mut [u8], our_mss: u16) {
@@ -1109,16 +1078,7 @@ fn send_syn(f: &mut Flow, env: &mut Env, tr: &Translation, ctl: &mut [u8], our_m
         mss: Some(our_mss),
         wscale: Some(OUR_WSCALE),
     };
-    let n = wire::write_tcp_frame(
-        ctl,
-        f.guest_mac,
-        tr.gateway_mac,
-        *f.peer.ip(),
-        *f.guest.ip(),
-        &fields,
-        0,
-    );
-    env.sink.send_frame(&ctl[..n]);
+    emit(f, env, tr, ctl, &fields);
 }
 
 /// Answers a segment that has no flow with a RST (RFC 9293 §3.10.7.1).

@@ -27,10 +27,11 @@ impl VirtioNetPort {
     }
 }
 
-/// Collects transmitted frames into the switch's receive buffer.
-struct Collect<'a> {
-    rx: &'a mut RxBuf,
-    stats: &'a mut PortStats,
+/// Collects transmitted frames into the switch's receive buffer (both transports of the
+/// virtio-net queue logic use it).
+pub(crate) struct Collect<'a> {
+    pub(crate) rx: &'a mut RxBuf,
+    pub(crate) stats: &'a mut PortStats,
 }
 
 impl NetBackend for Collect<'_> {
