@@ -10,10 +10,11 @@
 //! virtio-net device: TX chains of vring 1 copied once into the switch's buffer, frames
 //! written into vring 0's chains, one call-eventfd signal per batch.
 //!
-//! Features: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_RING_F_EVENT_IDX
-//! (virtio-queue's `Queue` suppresses notifications both ways). No VIRTIO_NET_F_MRG_RXBUF and
-//! no checksum offload: every frame carries a 12-byte header with `num_buffers` 1. Protocol
-//! features: REPLY_ACK and CONFIG; no MQ (one queue pair).
+//! Features: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_MRG_RXBUF
+//! (when acked, a received frame may span several RX chains, `num_buffers` counting them),
+//! VIRTIO_RING_F_EVENT_IDX (virtio-queue's `Queue` suppresses notifications both ways). No
+//! checksum offload: every frame carries a 12-byte header. Protocol features: REPLY_ACK and
+//! CONFIG; no MQ (one queue pair).
 //!
 //! Queues of up to 1024 descriptors (QEMU's virtio-mmio offers 1024). Virtio 1 only: a
 //! frontend that does not accept VIRTIO_F_VERSION_1 (QEMU's virtio-mmio is legacy unless
@@ -56,6 +57,7 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 /// virtio feature bits (virtio 1.2 §5.1.3, §6).
 const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// VIRTIO_NET_S_LINK_UP in the config space's `status`.
@@ -76,6 +78,8 @@ struct Conn {
     /// The frontend acked features without VIRTIO_F_VERSION_1: its headers are 10 bytes
     /// (legacy), which the shared queue code does not speak; its frames are dropped.
     legacy: bool,
+    /// The frontend acked VIRTIO_NET_F_MRG_RXBUF.
+    mergeable: bool,
 }
 
 /// State shared by the backend (vhost-user threads) and the port (network thread).
@@ -117,6 +121,7 @@ impl VhostUserBackend for Backend {
         VIRTIO_F_VERSION_1
             | VIRTIO_NET_F_MAC
             | VIRTIO_NET_F_MTU
+            | VIRTIO_NET_F_MRG_RXBUF
             | VIRTIO_RING_F_EVENT_IDX
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
@@ -129,6 +134,7 @@ impl VhostUserBackend for Backend {
         let mut c = self.shared.conn();
         if c.generation == self.generation {
             c.legacy = features & VIRTIO_F_VERSION_1 == 0;
+            c.mergeable = features & VIRTIO_NET_F_MRG_RXBUF != 0;
             if c.legacy {
                 tracing::warn!(
                     "vhost-user: the frontend did not accept VIRTIO_F_VERSION_1 (legacy \
@@ -257,9 +263,15 @@ impl VhostUserPort {
     fn frontend(
         &mut self,
     ) -> Option<(GuestMemoryAtomic<GuestMemoryMmap>, VringRwLock, VringRwLock)> {
-        let (generation, mem, vrings, legacy) = {
+        let (generation, mem, vrings, legacy, mergeable) = {
             let c = self.shared.conn();
-            (c.generation, c.mem.clone(), c.vrings.clone(), c.legacy)
+            (
+                c.generation,
+                c.mem.clone(),
+                c.vrings.clone(),
+                c.legacy,
+                c.mergeable,
+            )
         };
         if generation != self.generation {
             // A new frontend: nothing pending belongs to it.
@@ -270,6 +282,7 @@ impl VhostUserPort {
         if legacy {
             return None;
         }
+        self.logic.set_mergeable(mergeable);
         let vrings = vrings?;
         let rx = vrings.get(RX_QUEUE)?.clone();
         let tx = vrings.get(TX_QUEUE)?.clone();
@@ -297,6 +310,7 @@ fn serve(listener: UnixListener, shared: Arc<Shared>, path: &Path) {
             c.mem = None;
             c.vrings = None;
             c.legacy = false;
+            c.mergeable = false;
         }
         // The network thread notices the change on its next wake.
         let _ = shared.wake.write(1);
@@ -313,6 +327,7 @@ fn serve_one(frontend: UnixStream, shared: &Arc<Shared>, n: u64) -> anyhow::Resu
         c.mem = None;
         c.vrings = None;
         c.legacy = false;
+        c.mergeable = false;
         c.generation
     };
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());

@@ -6,15 +6,17 @@
 //! [`device`] is the [`crate::virtio::VirtioDevice`] glue that the MMIO transport drives and
 //! the [`NetHandle`] the event loop works the queues through.
 //!
-//! Negotiable features: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU and
-//! VIRTIO_NET_F_STATUS. Without VIRTIO_NET_F_MRG_RXBUF every frame travels with a 12-byte
-//! `virtio_net_hdr_v1` (§5.1.6) whose `num_buffers` is 1.
+//! Negotiable features of the in-VMM device: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC,
+//! VIRTIO_NET_F_MTU and VIRTIO_NET_F_STATUS. Every frame travels with a 12-byte
+//! `virtio_net_hdr_v1` (§5.1.6); without VIRTIO_NET_F_MRG_RXBUF its `num_buffers` is 1. The
+//! queue logic also speaks VIRTIO_NET_F_MRG_RXBUF ([`NetQueueLogic::set_mergeable`]), which
+//! the vhost-user backend offers.
 
 pub mod device;
 pub mod queues;
 
 pub use device::{NetConfig, NetHandle, VirtioNet};
-pub use queues::{NetBackend, NetQueueLogic, NetQueues, NetStats, RxOutcome};
+pub use queues::{NetBackend, NetQueueLogic, NetQueues, NetStats, RxOutcome, MAX_RX_CHAINS};
 
 use virtio_bindings::virtio_net::virtio_net_hdr_v1;
 

@@ -13,7 +13,10 @@
 //!   [`NetBackend`]; the chain is returned with used length 0.
 //! - RX ([`NetQueues::try_deliver`], [`NetQueues::deliver`]): the header and the frame are
 //!   written straight into the next available chain's device-writable descriptors, as many as
-//!   it takes, and the chain is returned with the written length.
+//!   it takes, and the chain is returned with the written length. With
+//!   VIRTIO_NET_F_MRG_RXBUF negotiated ([`NetQueueLogic::set_mergeable`], §5.1.6.4) a frame
+//!   may span up to [`MAX_RX_CHAINS`] chains: each is filled in turn and returned with its
+//!   written length, and the header's `num_buffers` says how many there are.
 //!
 //! Guest input is hostile. A chain with a descriptor in the wrong direction, an address
 //! outside guest memory, a length out of bounds, or a `next` that loops or leaves the
@@ -38,8 +41,14 @@ pub trait NetBackend {
     fn send(&mut self, frame: &[u8]);
 }
 
+/// Most descriptor chains one received frame may span with mergeable receive buffers
+/// (a 64 KiB frame in 1 KiB buffers; Linux posts buffers of at least 1.5 KiB). A frame that
+/// does not fit in that many (or in a whole queue) is dropped as too large.
+pub const MAX_RX_CHAINS: usize = 64;
+
 /// The header in front of every received frame: no checksum offload (`flags` 0), no GSO
-/// (`gso_type` VIRTIO_NET_HDR_GSO_NONE), one buffer (`num_buffers` 1, §5.1.6.4).
+/// (`gso_type` VIRTIO_NET_HDR_GSO_NONE), one buffer (`num_buffers` 1, §5.1.6.4; with
+/// mergeable receive buffers the count of chains used is patched in).
 const RX_HEADER: [u8; NET_HDR_LEN] = {
     let mut h = [0u8; NET_HDR_LEN];
     h[NUM_BUFFERS_OFFSET] = 1;
@@ -54,8 +63,9 @@ pub enum RxOutcome {
     /// No receive buffer is available: keep the frame until the guest posts one (its RX
     /// queue notification), or drop it.
     NoBuffer,
-    /// The frame is longer than [`MAX_FRAME_LEN`] or than the next receive buffer; it was
-    /// counted as dropped and the buffer left for the next frame. Do not retry it.
+    /// The frame is longer than [`MAX_FRAME_LEN`] or than the next receive buffer (with
+    /// mergeable buffers: than [`MAX_RX_CHAINS`] chains or the whole queue); it was counted
+    /// as dropped and the buffers left for the next frame. Do not retry it.
     TooLarge,
 }
 
@@ -89,7 +99,8 @@ pub struct NetStats {
     pub rx_wrong_direction: u64,
     /// RX chains dropped for a buffer outside guest memory.
     pub rx_bad_address: u64,
-    /// RX chains dropped as malformed (see `tx_malformed`).
+    /// RX chains dropped as malformed (see `tx_malformed`); with mergeable buffers also
+    /// chains holding no byte, and first chains too short for the header.
     pub rx_malformed: u64,
     /// Chains the used ring refused (head index not below the queue size).
     pub bad_heads: u64,
@@ -118,6 +129,8 @@ pub struct NetQueueLogic {
     tx_buf: Box<[u8]>,
     /// Used RX entries were added since the last [`NetQueueLogic::signal_rx`].
     rx_used_pending: bool,
+    /// VIRTIO_NET_F_MRG_RXBUF was negotiated: a frame may span several RX chains.
+    mergeable: bool,
     stats: NetStats,
 }
 
@@ -133,8 +146,15 @@ impl NetQueueLogic {
         Self {
             tx_buf: vec![0; MAX_BUFFER_LEN].into_boxed_slice(),
             rx_used_pending: false,
+            mergeable: false,
             stats: NetStats::default(),
         }
+    }
+
+    /// Whether VIRTIO_NET_F_MRG_RXBUF was negotiated (off by default): received frames may
+    /// then span several RX chains, `num_buffers` counting them (§5.1.6.4).
+    pub fn set_mergeable(&mut self, mergeable: bool) {
+        self.mergeable = mergeable;
     }
 
     /// The counters so far.
@@ -231,6 +251,12 @@ impl NetQueueLogic {
     /// Malformed chains met on the way are dropped (used length 0, counted) and the next
     /// one tried.
     ///
+    /// With mergeable receive buffers ([`Self::set_mergeable`]) the frame fills as many
+    /// chains as it takes, at most [`MAX_RX_CHAINS`]; if the available ones run out first,
+    /// every chain taken is put back untouched on the used ring and the outcome is
+    /// [`RxOutcome::NoBuffer`]. Malformed chains met after the frame's first chain are
+    /// returned (used length 0) after the frame's chains, so that the frame's stay together.
+    ///
     /// # Errors
     /// [`Error::Queue`] when the available ring is inconsistent or unreadable.
     pub fn try_deliver(
@@ -243,6 +269,10 @@ impl NetQueueLogic {
             self.stats.rx_too_large += 1;
             return Ok(RxOutcome::TooLarge);
         }
+        if self.mergeable {
+            return self.deliver_mergeable(mem, rx, frame);
+        }
+        let total = NET_HDR_LEN + frame.len();
         loop {
             let Some(chain) = pop(rx, mem, &mut self.stats)? else {
                 self.stats.rx_no_buffer += 1;
@@ -250,7 +280,13 @@ impl NetQueueLogic {
             };
             let head = chain.head_index();
             let written = if head < rx.size() {
-                write_chain(mem, chain, [&RX_HEADER, frame])
+                write_chain(mem, chain, [&RX_HEADER, frame], 0).and_then(|n| {
+                    if n == total {
+                        Ok(n)
+                    } else {
+                        Err(ChainError::NoRoom)
+                    }
+                })
             } else {
                 Err(ChainError::Malformed)
             };
@@ -263,13 +299,7 @@ impl NetQueueLogic {
                     return Ok(RxOutcome::TooLarge);
                 }
                 Err(e) => {
-                    tracing::debug!("virtio-net: RX chain {head} dropped: {e:?}");
-                    let counter = match e {
-                        ChainError::WrongDirection => &mut self.stats.rx_wrong_direction,
-                        ChainError::BadAddress => &mut self.stats.rx_bad_address,
-                        _ => &mut self.stats.rx_malformed,
-                    };
-                    *counter += 1;
+                    count_rx_drop(&mut self.stats, head, e);
                     0
                 }
             };
@@ -283,6 +313,108 @@ impl NetQueueLogic {
                 return Ok(RxOutcome::Delivered);
             }
         }
+    }
+
+    /// [`Self::try_deliver`] with mergeable receive buffers (§5.1.6.4): `frame` is not
+    /// longer than [`MAX_FRAME_LEN`].
+    fn deliver_mergeable(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        rx: &mut Queue,
+        frame: &[u8],
+    ) -> Result<RxOutcome> {
+        let parts: [&[u8]; 2] = [&RX_HEADER, frame];
+        let total = NET_HDR_LEN + frame.len();
+        // More chains than the queue holds can never be available at once.
+        let limit = MAX_RX_CHAINS.min(usize::from(rx.size()));
+        // The frame's chains (head, bytes written), and chains dropped after the first of
+        // them (head, why): all taken from the ring but not on the used ring yet.
+        let mut chains = [(0u16, 0u32); MAX_RX_CHAINS];
+        let mut dropped = [(0u16, ChainError::Malformed); MAX_RX_CHAINS];
+        let (mut n_chains, mut n_dropped) = (0usize, 0usize);
+        // The first chain again, to patch `num_buffers` into its header.
+        let mut first = None;
+        let mut written = 0usize;
+        while written < total {
+            if n_chains + n_dropped == limit {
+                rewind(rx, n_chains + n_dropped);
+                self.stats.rx_too_large += 1;
+                return Ok(RxOutcome::TooLarge);
+            }
+            let chain = match pop(rx, mem, &mut self.stats) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    rewind(rx, n_chains + n_dropped);
+                    self.stats.rx_no_buffer += 1;
+                    return Ok(RxOutcome::NoBuffer);
+                }
+                Err(e) => {
+                    rewind(rx, n_chains + n_dropped);
+                    return Err(e);
+                }
+            };
+            let head = chain.head_index();
+            let copy = (n_chains == 0).then(|| chain.clone());
+            let result = if head < rx.size() {
+                match write_chain(mem, chain, parts, written) {
+                    // Every buffer holds at least a header (§5.1.6.3.1): the header lies
+                    // in the first chain, and a chain holding nothing is no buffer.
+                    Ok(n) if n == 0 || (n_chains == 0 && n < NET_HDR_LEN) => {
+                        Err(ChainError::Malformed)
+                    }
+                    r => r,
+                }
+            } else {
+                Err(ChainError::Malformed)
+            };
+            match result {
+                Ok(n) => {
+                    // `n` <= MAX_BUFFER_LEN, far below u32::MAX.
+                    chains[n_chains] = (head, n as u32);
+                    n_chains += 1;
+                    written += n;
+                    if copy.is_some() {
+                        first = copy;
+                    }
+                }
+                Err(e) if n_chains == 0 => {
+                    // Nothing of the frame is in the guest's buffers yet: return it now.
+                    count_rx_drop(&mut self.stats, head, e);
+                    if add_used(rx, mem, head, 0, &mut self.stats) {
+                        self.rx_used_pending = true;
+                    }
+                }
+                Err(e) => {
+                    dropped[n_dropped] = (head, e);
+                    n_dropped += 1;
+                }
+            }
+        }
+        if n_chains > 1 {
+            // n_chains <= MAX_RX_CHAINS.
+            let mut header = RX_HEADER;
+            header[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2]
+                .copy_from_slice(&(n_chains as u16).to_le_bytes());
+            let patched = first.map(|chain| write_chain(mem, chain, [&header[..], &[]], 0));
+            if patched != Some(Ok(NET_HDR_LEN)) {
+                // Only if the guest rewrote the chain meanwhile.
+                tracing::debug!("virtio-net: RX num_buffers not written: {patched:?}");
+            }
+        }
+        for &(head, len) in &chains[..n_chains] {
+            if add_used(rx, mem, head, len, &mut self.stats) {
+                self.rx_used_pending = true;
+            }
+        }
+        for &(head, e) in &dropped[..n_dropped] {
+            count_rx_drop(&mut self.stats, head, e);
+            if add_used(rx, mem, head, 0, &mut self.stats) {
+                self.rx_used_pending = true;
+            }
+        }
+        self.stats.rx_frames += 1;
+        self.stats.rx_bytes += frame.len() as u64;
+        Ok(RxOutcome::Delivered)
     }
 
     /// Interrupts the guest through `interrupt` if receive buffers of `rx` were used since
@@ -336,6 +468,11 @@ impl NetQueues {
     /// The counters so far.
     pub fn stats(&self) -> NetStats {
         self.logic.stats()
+    }
+
+    /// See [`NetQueueLogic::set_mergeable`].
+    pub fn set_mergeable(&mut self, mergeable: bool) {
+        self.logic.set_mergeable(mergeable);
     }
 
     /// See [`NetQueueLogic::process_tx`].
@@ -396,6 +533,24 @@ fn pop<'m>(
             Err(Error::Queue(e))
         }
     }
+}
+
+/// Puts back the last `n` chains taken from `queue` (none of them is on the used ring).
+fn rewind(queue: &mut Queue, n: usize) {
+    for _ in 0..n {
+        queue.go_to_previous_position();
+    }
+}
+
+/// Counts RX chain `head` as dropped for `e`.
+fn count_rx_drop(stats: &mut NetStats, head: u16, e: ChainError) {
+    tracing::debug!("virtio-net: RX chain {head} dropped: {e:?}");
+    let counter = match e {
+        ChainError::WrongDirection => &mut stats.rx_wrong_direction,
+        ChainError::BadAddress => &mut stats.rx_bad_address,
+        _ => &mut stats.rx_malformed,
+    };
+    *counter += 1;
 }
 
 /// Puts `head` on the used ring with `len` bytes written; false (counted) if refused.
@@ -461,32 +616,36 @@ fn read_chain(
     }
 }
 
-/// Writes the concatenation of `parts` into an RX chain; returns the bytes written.
+/// Writes the concatenation of `parts` from byte `start` on into an RX chain, as much of it
+/// as the chain holds; returns the bytes written into the chain (fewer than asked when the
+/// chain is full).
 fn write_chain(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     parts: [&[u8]; 2],
+    start: usize,
 ) -> std::result::Result<usize, ChainError> {
     let total = parts[0].len() + parts[1].len();
-    let mut written = 0usize;
+    let start = start.min(total);
+    let mut pos = start;
     let mut cut_short = false;
     for desc in chain {
         if !desc.is_write_only() {
             return Err(ChainError::WrongDirection);
         }
-        let n = (desc.len() as usize).min(total - written);
-        write_span(mem, desc.addr(), parts, written, n).ok_or(ChainError::BadAddress)?;
-        written += n;
-        if written == total {
-            return Ok(total);
+        let n = (desc.len() as usize).min(total - pos);
+        write_span(mem, desc.addr(), parts, pos, n).ok_or(ChainError::BadAddress)?;
+        pos += n;
+        if pos == total {
+            return Ok(pos - start);
         }
         cut_short = desc.has_next();
     }
-    Err(if cut_short {
-        ChainError::Malformed
+    if cut_short {
+        Err(ChainError::Malformed)
     } else {
-        ChainError::NoRoom
-    })
+        Ok(pos - start)
+    }
 }
 
 /// Writes bytes `start..start + n` of the concatenation of `parts` at `addr`.
@@ -586,6 +745,7 @@ mod tests {
         fn try_deliver(&mut self, frame: &[u8]) -> Result<RxOutcome>;
         fn signal_rx(&mut self) -> Result<bool>;
         fn stats(&self) -> NetStats;
+        fn set_mergeable(&mut self, on: bool);
         fn deliver(&mut self, frame: &[u8]) -> Result<bool> {
             let outcome = self.try_deliver(frame)?;
             self.signal_rx()?;
@@ -608,6 +768,9 @@ mod tests {
         }
         fn stats(&self) -> NetStats {
             NetQueues::stats(self)
+        }
+        fn set_mergeable(&mut self, on: bool) {
+            NetQueues::set_mergeable(self, on);
         }
     }
 
@@ -643,6 +806,9 @@ mod tests {
         }
         fn stats(&self) -> NetStats {
             self.logic.stats()
+        }
+        fn set_mergeable(&mut self, on: bool) {
+            self.logic.set_mergeable(on);
         }
     }
 
@@ -1037,6 +1203,183 @@ mod tests {
             assert_eq!(r.net.stats().rx_too_large, 1);
             assert_eq!(used_idx(r.mem, RX_USED), 0);
             assert_eq!(r.irq.count(), 0);
+        }
+    }
+    /// `num_buffers` of the header at the start of `bufs`.
+    fn num_buffers(mem: &GuestMemoryMmap, bufs: &[(u64, usize)]) -> u16 {
+        let h = read_back(mem, bufs, NET_HDR_LEN);
+        u16::from_le_bytes([h[NUM_BUFFERS_OFFSET], h[NUM_BUFFERS_OFFSET + 1]])
+    }
+
+    #[test]
+    fn rx_mergeable_frame_spans_three_chains() {
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            r.net.set_mergeable(true);
+            // Chain 0 splits the header over two descriptors; chains 1 and 2 are single.
+            r.rxq
+                .add_desc_chains(
+                    &[
+                        desc(BUF, 10, WRITE | NEXT, 1),
+                        desc(BUF + 0x100, 30, WRITE, 0),
+                    ],
+                    0,
+                )
+                .unwrap();
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x200, 40, WRITE, 0)], 2)
+                .unwrap();
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x300, 64, WRITE, 0)], 3)
+                .unwrap();
+            let frame = pattern(100, 11);
+            assert!(r.net.deliver(&frame).unwrap());
+            assert_eq!(used_idx(r.mem, RX_USED), 3);
+            assert_eq!(used(r.mem, RX_USED, 0), (0, 40));
+            assert_eq!(used(r.mem, RX_USED, 1), (2, 40));
+            assert_eq!(used(r.mem, RX_USED, 2), (3, 32));
+            let bufs = [
+                (BUF, 10usize),
+                (BUF + 0x100, 30),
+                (BUF + 0x200, 40),
+                (BUF + 0x300, 64),
+            ];
+            assert_eq!(num_buffers(r.mem, &bufs), 3);
+            let got = read_back(r.mem, &bufs, 112);
+            assert_eq!(got[..NUM_BUFFERS_OFFSET], RX_HEADER[..NUM_BUFFERS_OFFSET]);
+            assert_eq!(got[NET_HDR_LEN..], frame[..]);
+            assert_eq!(r.irq.count(), 1);
+            assert_eq!((r.net.stats().rx_frames, r.net.stats().rx_bytes), (1, 100));
+            // A frame that fits one chain says so.
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x1000, 2048, WRITE, 0)], 4)
+                .unwrap();
+            assert!(r.net.deliver(&pattern(60, 1)).unwrap());
+            assert_eq!(used(r.mem, RX_USED, 3), (4, 72));
+            assert_eq!(num_buffers(r.mem, &[(BUF + 0x1000, 2048)]), 1);
+        }
+    }
+
+    #[test]
+    fn rx_mergeable_out_of_buffers_puts_chains_back() {
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            r.net.set_mergeable(true);
+            r.rxq
+                .add_desc_chains(&[desc(BUF, 40, WRITE, 0)], 0)
+                .unwrap();
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x100, 40, WRITE, 0)], 1)
+                .unwrap();
+            let frame = pattern(100, 12);
+            assert_eq!(r.net.try_deliver(&frame).unwrap(), RxOutcome::NoBuffer);
+            assert_eq!(used_idx(r.mem, RX_USED), 0);
+            assert!(!r.net.signal_rx().unwrap());
+            assert_eq!(r.irq.count(), 0);
+            let s = r.net.stats();
+            assert_eq!((s.rx_no_buffer, s.rx_frames), (1, 0));
+            // The two chains were put back: with a third the frame goes into all three.
+            assert!(r.net.rx_has_buffer());
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x200, 40, WRITE, 0)], 2)
+                .unwrap();
+            assert!(r.net.deliver(&frame).unwrap());
+            assert_eq!(used_idx(r.mem, RX_USED), 3);
+            assert_eq!(used(r.mem, RX_USED, 0), (0, 40));
+            assert_eq!(used(r.mem, RX_USED, 1), (1, 40));
+            assert_eq!(used(r.mem, RX_USED, 2), (2, 32));
+            let bufs = [(BUF, 40usize), (BUF + 0x100, 40), (BUF + 0x200, 40)];
+            assert_eq!(num_buffers(r.mem, &bufs), 3);
+            assert_eq!(read_back(r.mem, &bufs, 112)[NET_HDR_LEN..], frame[..]);
+            assert!(!r.net.rx_has_buffer());
+        }
+    }
+
+    #[test]
+    fn rx_mergeable_bad_chains_are_dropped_around_the_frame() {
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            r.net.set_mergeable(true);
+            // Too short for the header (dropped at once), then the frame's first chain, a
+            // device-readable one in the middle, a zero-length one, and the frame's end.
+            r.rxq.add_desc_chains(&[desc(BUF, 8, WRITE, 0)], 0).unwrap();
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x100, 40, WRITE, 0)], 1)
+                .unwrap();
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x200, 40, 0, 0)], 2)
+                .unwrap();
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x300, 0, WRITE, 0)], 3)
+                .unwrap();
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x400, 200, WRITE, 0)], 4)
+                .unwrap();
+            let frame = pattern(100, 13);
+            assert!(r.net.deliver(&frame).unwrap());
+            assert_eq!(used_idx(r.mem, RX_USED), 5);
+            assert_eq!(used(r.mem, RX_USED, 0), (0, 0));
+            assert_eq!(used(r.mem, RX_USED, 1), (1, 40));
+            assert_eq!(used(r.mem, RX_USED, 2), (4, 72));
+            assert_eq!(used(r.mem, RX_USED, 3), (2, 0));
+            assert_eq!(used(r.mem, RX_USED, 4), (3, 0));
+            let bufs = [(BUF + 0x100, 40usize), (BUF + 0x400, 200)];
+            assert_eq!(num_buffers(r.mem, &bufs), 2);
+            assert_eq!(read_back(r.mem, &bufs, 112)[NET_HDR_LEN..], frame[..]);
+            let s = r.net.stats();
+            assert_eq!((s.rx_wrong_direction, s.rx_malformed), (1, 2));
+            assert_eq!(r.irq.count(), 1);
+        }
+    }
+
+    #[test]
+    fn rx_mergeable_frame_needing_too_many_chains_is_too_large() {
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            r.net.set_mergeable(true);
+            // A whole queue of 16-byte chains holds 256 bytes: not a 300-byte frame.
+            for i in 0..QSIZE {
+                r.rxq
+                    .add_desc_chains(&[desc(BUF + u64::from(i) * 0x100, 16, WRITE, 0)], i)
+                    .unwrap();
+            }
+            assert_eq!(
+                r.net.try_deliver(&pattern(300, 0)).unwrap(),
+                RxOutcome::TooLarge
+            );
+            assert_eq!(used_idx(r.mem, RX_USED), 0);
+            assert_eq!(r.net.stats().rx_too_large, 1);
+            // All put back: a small frame takes the first chains.
+            assert!(r.net.deliver(&pattern(20, 0)).unwrap());
+            assert_eq!(used_idx(r.mem, RX_USED), 2);
+            assert_eq!(used(r.mem, RX_USED, 0), (0, 16));
+            assert_eq!(used(r.mem, RX_USED, 1), (1, 16));
+        }
+    }
+
+    #[test]
+    fn rx_not_mergeable_never_spans_chains() {
+        for transport in TRANSPORTS {
+            let mem = memory();
+            let mut r = rig(&mem, transport);
+            r.rxq
+                .add_desc_chains(&[desc(BUF, 40, WRITE, 0)], 0)
+                .unwrap();
+            r.rxq
+                .add_desc_chains(&[desc(BUF + 0x100, 40, WRITE, 0)], 1)
+                .unwrap();
+            assert_eq!(
+                r.net.try_deliver(&pattern(60, 0)).unwrap(),
+                RxOutcome::TooLarge
+            );
+            assert_eq!(used_idx(r.mem, RX_USED), 0);
+            assert!(r.net.deliver(&pattern(28, 0)).unwrap());
+            assert_eq!(used(r.mem, RX_USED, 0), (0, 40));
+            assert_eq!(num_buffers(r.mem, &[(BUF, 40)]), 1);
         }
     }
 }
