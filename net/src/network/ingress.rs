@@ -15,7 +15,6 @@ use crate::config::MacAddr;
 use crate::dns::{self, LocalAnswer};
 use crate::gateway;
 use crate::nat::tcp::Segment;
-use crate::nat::Env;
 
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
@@ -70,13 +69,8 @@ impl Network {
         if self.neighbours.learn(ip, mac, self.fabric.now) {
             let now = self.fabric.now;
             let mut reg = super::NullRegistrar;
-            let super::Network { tcp, fabric, .. } = self;
-            let mut env = Env {
-                now,
-                reg: &mut reg,
-                sink: fabric,
-            };
-            tcp.guest_mac_learned(&mut env, ip, mac);
+            with_table!(self, &mut reg, now, tcp, |tcp, env| tcp
+                .guest_mac_learned(&mut env, ip, mac));
         }
     }
 
@@ -121,17 +115,12 @@ impl Network {
                 } else {
                     let room = self.room();
                     let mut reg = OpsRegistrar(ops);
-                    let super::Network {
-                        udp: table, fabric, ..
-                    } = self;
-                    let mut env = Env {
-                        now,
-                        reg: &mut reg,
-                        sink: fabric,
-                    };
                     let s = SocketAddrV4::new(src, sp);
                     let d = SocketAddrV4::new(dst, dp);
-                    if !table.guest_datagram(&mut env, src_mac, s, d, udp.payload(), room) {
+                    let payload = udp.payload();
+                    if !with_table!(self, &mut reg, now, udp, |table, env| table
+                        .guest_datagram(&mut env, src_mac, s, d, payload, room))
+                    {
                         self.count_drop(dst, room);
                     }
                 }
@@ -166,13 +155,9 @@ impl Network {
                 };
                 let room = self.room();
                 let mut reg = OpsRegistrar(ops);
-                let super::Network { tcp, fabric, .. } = self;
-                let mut env = Env {
-                    now,
-                    reg: &mut reg,
-                    sink: fabric,
-                };
-                if !tcp.guest_segment(&mut env, &seg, room) {
+                if !with_table!(self, &mut reg, now, tcp, |tcp, env| tcp
+                    .guest_segment(&mut env, &seg, room))
+                {
                     if room {
                         self.nat_stats.dropped_martian += 1;
                     } else {
@@ -202,13 +187,9 @@ impl Network {
                 }
                 let room = self.room();
                 let mut reg = OpsRegistrar(ops);
-                let super::Network { icmp, fabric, .. } = self;
-                let mut env = Env {
-                    now,
-                    reg: &mut reg,
-                    sink: fabric,
-                };
-                if !icmp.guest_message(&mut env, src_mac, src, dst, body, room) {
+                if !with_table!(self, &mut reg, now, icmp, |icmp, env| icmp
+                    .guest_message(&mut env, src_mac, src, dst, body, room))
+                {
                     self.count_drop(dst, room);
                 }
             }

@@ -6,6 +6,24 @@
 //! [`fabric`] is the L2 half (switch, ports, capture), [`ingress`] what the gateway does with
 //! the frames addressed to it.
 
+/// Runs `$body` with one protocol table of the network (`$field`, bound as `$table`) and an
+/// [`Env`] over the switch: the split borrow every NAT call needs.
+macro_rules! with_table {
+    ($net:expr, $reg:expr, $now:expr, $field:ident, |$table:ident, $env:ident| $body:expr) => {{
+        let $crate::network::Network {
+            $field: $table,
+            fabric,
+            ..
+        } = $net;
+        let mut $env = $crate::nat::Env {
+            now: $now,
+            reg: $reg,
+            sink: fabric,
+        };
+        $body
+    }};
+}
+
 mod fabric;
 mod ingress;
 
@@ -291,13 +309,7 @@ impl Network {
         let now = Instant::now();
         let mut reg = OpsRegistrar(ops);
         {
-            let Network { tcp, fabric, .. } = self;
-            let mut env = Env {
-                now,
-                reg: &mut reg,
-                sink: fabric,
-            };
-            tcp.timer(&mut env);
+            with_table!(self, &mut reg, now, tcp, |tcp, env| tcp.timer(&mut env));
         }
         self.dns.on_timer(now);
         if now.saturating_duration_since(self.last_housekeeping) >= HOUSEKEEPING {
@@ -311,15 +323,8 @@ impl Network {
                     );
                 }
             }
-            let Network {
-                udp, icmp, fabric, ..
-            } = self;
-            let mut env = Env {
-                now,
-                reg: &mut reg,
-                sink: fabric,
-            };
-            let n = udp.expire(&mut env) + icmp.expire(&mut env);
+            let n = with_table!(self, &mut reg, now, udp, |udp, env| udp.expire(&mut env))
+                + with_table!(self, &mut reg, now, icmp, |icmp, env| icmp.expire(&mut env));
             self.nat_stats.idle_closed += n;
             self.dhcp.expire(SystemTime::now());
             self.refresh_names();
@@ -395,13 +400,8 @@ impl Network {
                         self.arp_for(*guest.ip());
                     }
                     let mut reg = OpsRegistrar(ops);
-                    let Network { tcp, fabric, .. } = self;
-                    let mut env = Env {
-                        now,
-                        reg: &mut reg,
-                        sink: fabric,
-                    };
-                    tcp.accept_forward(&mut env, s, guest, mac);
+                    with_table!(self, &mut reg, now, tcp, |tcp, env| tcp
+                        .accept_forward(&mut env, s, guest, mac));
                 }
                 _ => return,
             }
@@ -409,7 +409,6 @@ impl Network {
     }
 
     fn on_udp_forward(&mut self, i: usize, ops: &mut EventOps, now: Instant) {
-        use crate::wire::{L4_OFF, UDP_LEN};
         let Some(fw) = self.forwards.get(i) else {
             return;
         };
@@ -427,15 +426,9 @@ impl Network {
             };
             let got = crate::nat::sock::recv_from(fd, self.udp.forward_buf());
             let Ok((n, from)) = got else { return };
-            let _ = (L4_OFF, UDP_LEN);
             let mut reg = OpsRegistrar(ops);
-            let Network { udp, fabric, .. } = self;
-            let mut env = Env {
-                now,
-                reg: &mut reg,
-                sink: fabric,
-            };
-            udp.forward_datagram(&mut env, fd, from, guest, mac, n, room);
+            with_table!(self, &mut reg, now, udp, |udp, env| udp
+                .forward_datagram(&mut env, fd, from, guest, mac, n, room));
         }
     }
 
@@ -506,33 +499,18 @@ impl MutEventSubscriber for Network {
             Some((TokenKind::Port, p)) => self.on_port(p, set, ops, now),
             Some((TokenKind::Tcp, i)) => {
                 let mut reg = OpsRegistrar(ops);
-                let Network { tcp, fabric, .. } = self;
-                let mut env = Env {
-                    now,
-                    reg: &mut reg,
-                    sink: fabric,
-                };
-                tcp.socket_event(&mut env, i, set);
+                with_table!(self, &mut reg, now, tcp, |tcp, env| tcp
+                    .socket_event(&mut env, i, set));
             }
             Some((TokenKind::Udp, i)) => {
                 let mut reg = OpsRegistrar(ops);
-                let Network { udp, fabric, .. } = self;
-                let mut env = Env {
-                    now,
-                    reg: &mut reg,
-                    sink: fabric,
-                };
-                udp.socket_event(&mut env, i);
+                with_table!(self, &mut reg, now, udp, |udp, env| udp
+                    .socket_event(&mut env, i));
             }
             Some((TokenKind::Icmp, i)) => {
                 let mut reg = OpsRegistrar(ops);
-                let Network { icmp, fabric, .. } = self;
-                let mut env = Env {
-                    now,
-                    reg: &mut reg,
-                    sink: fabric,
-                };
-                icmp.socket_event(&mut env, i);
+                with_table!(self, &mut reg, now, icmp, |icmp, env| icmp
+                    .socket_event(&mut env, i));
             }
             Some((TokenKind::Dns, _)) => self.on_dns(events.fd(), now),
             Some((TokenKind::TcpForward, i)) => self.on_tcp_forward(i, ops, now),
@@ -550,13 +528,8 @@ impl Network {
     /// Work owed after any event: coalesced ACKs, and write interest of congested ports.
     fn after_event(&mut self, ops: &mut EventOps, now: Instant) {
         let mut reg = OpsRegistrar(ops);
-        let Network { tcp, fabric, .. } = self;
-        let mut env = Env {
-            now,
-            reg: &mut reg,
-            sink: fabric,
-        };
-        tcp.flush_acks(&mut env);
+        with_table!(self, &mut reg, now, tcp, |tcp, env| tcp
+            .flush_acks(&mut env));
         self.fabric.flush_local();
         self.fabric.update_interest(&mut reg);
     }
